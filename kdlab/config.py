@@ -1,0 +1,177 @@
+"""The typed schema of every config node.
+
+Each dataclass here is stored in Hydra's ConfigStore and is the base of the YAML file
+that fills it, so a misspelt key (``trainer.lerning_rate``) or an ill-typed value
+(``divergence.weight=hot``) is rejected by OmegaConf before any work starts. Value
+ranges (alpha in [0, 1], positive temperatures, ...) are checked by ``validate``.
+
+The objective a run optimises is::
+
+    loss = alpha * KD(student, teacher; T) + (1 - alpha) * CE(student, labels)
+           + divergence.weight * divergence(student, teacher)
+           + sum(term.weight * term(student, teacher) for term in objective.terms)
+
+which is SinKD's ``alpha * KD + (1 - alpha) * CE + beta * Sinkhorn`` with
+``divergence=sinkhorn`` (beta = ``divergence.weight``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class FinetuneConfig:
+    """How a teacher without a task head is fine-tuned before distillation.
+
+    Together with the teacher's name/path and the task, these values form the cache key
+    of the fine-tuned teacher: change any of them and the teacher is fine-tuned again.
+    """
+
+    epochs: float = 3.0
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: int = 32
+    lr: float = 5e-5
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    max_grad_norm: float = 1.0
+    max_train_samples: Optional[int] = None  # subsample the train split for fine-tuning
+    seed: int = 0
+
+
+@dataclass
+class TeacherConfig:
+    name: str = MISSING  # registry name: "minilm" (embedded), "pretrained" (local dir or hub id)
+    path: Optional[str] = None  # local directory or hub id (for "pretrained")
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    # True: always fine-tune on the task (a checkpoint that already has a head of the
+    # right size is used as is when False).
+    force_finetune: bool = False
+
+
+@dataclass
+class StudentConfig:
+    # registry name: "from_teacher" (a subset of the teacher's layers), "pretrained"
+    # (local dir or hub id), "shrunk" (the teacher's architecture made smaller, random init)
+    name: str = MISSING
+    path: Optional[str] = None  # for "pretrained"
+    layers: Optional[List[int]] = None  # for "from_teacher": teacher layer indices to keep
+    # for "shrunk": config fields to override (num_hidden_layers, hidden_size, ...)
+    overrides: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DivergenceConfig:
+    """The main distillation term between student and teacher outputs (SinKD's beta term)."""
+
+    name: str = MISSING  # registered divergence, or "none" for no such term
+    weight: float = 1.0  # beta
+    params: Dict[str, Any] = field(default_factory=dict)  # checked against its signature
+
+
+@dataclass
+class TermConfig:
+    """An extra objective term: a registered divergence with its weight and parameters."""
+
+    name: str = MISSING
+    weight: float = 1.0
+    params: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class KDConfig:
+    """Hinton soft-target KD, the alpha term: -sum p_t(T) log p_s(T), batch mean."""
+
+    temperature: float = 1.0
+    t2: bool = False  # multiply by T^2 (Hinton); the SinKD scripts do not
+    anneal: bool = False  # lower T linearly to 1 over training (SinKD's kd_anneal)
+
+
+@dataclass
+class ObjectiveConfig:
+    alpha: float = 0.0  # weight of soft-target KD; cross-entropy gets (1 - alpha)
+    kd: KDConfig = field(default_factory=KDConfig)
+    terms: Dict[str, TermConfig] = field(default_factory=dict)
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING  # registered task, e.g. "glue/rte"
+    # Directory holding glue/<TASK>/*.tsv and superglue/<Task>/*.jsonl. Default: the
+    # KDLAB_DATA_DIR environment variable; when neither is set, the Hugging Face hub.
+    data_dir: Optional[str] = "${oc.env:KDLAB_DATA_DIR,null}"
+    max_length: int = 128
+    max_train_samples: Optional[int] = None
+    max_eval_samples: Optional[int] = None
+    stratified: bool = False  # subsample keeping the label proportions
+    on_bad_row: str = "error"  # "error" | "skip"
+
+
+@dataclass
+class HardwareConfig:
+    device: str = "cpu"  # "cpu" | "cuda"
+    precision: str = "fp32"  # "fp32" | "bf16" | "fp16"
+    num_threads: Optional[int] = None  # torch intra-op threads on CPU (None: torch default)
+
+
+@dataclass
+class TrainerConfig:
+    epochs: float = 3.0
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    lr: float = 5e-5
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    max_grad_norm: float = 1.0
+    log_every: int = 10
+    progress: bool = True
+    # Also train the student with cross-entropy only (no teacher), as a reference row.
+    baseline_student: bool = False
+
+
+@dataclass
+class LoggerConfig:
+    backend: str = "wandb"  # "wandb" | "none" (local files are always written)
+    mode: str = "auto"  # "online" | "offline" | "disabled" | "auto" (offline without an API key)
+    project: str = "kdlab"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    teacher: TeacherConfig = MISSING
+    student: StudentConfig = MISSING
+    divergence: DivergenceConfig = MISSING
+    dataset: DatasetConfig = MISSING
+    hardware: HardwareConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    logger: LoggerConfig = MISSING
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    seed: int = 0
+    # Where fine-tuned teachers and the extracted MiniLM live; shared across runs.
+    cache_dir: str = "${oc.env:KDLAB_CACHE_DIR,${oc.env:HOME}/.cache/kdlab}"
+    output_dir: str = "${hydra:runtime.output_dir}"
+    experiment_name: str = "default"
+
+
+def register_configs() -> None:
+    """Store the schema so that YAML files are validated against it."""
+    cs = ConfigStore.instance()
+    cs.store(name="kdlab_schema", node=Config)
+    for group, node in [
+        ("teacher", TeacherConfig),
+        ("student", StudentConfig),
+        ("divergence", DivergenceConfig),
+        ("dataset", DatasetConfig),
+        ("hardware", HardwareConfig),
+        ("trainer", TrainerConfig),
+        ("logger", LoggerConfig),
+    ]:
+        cs.store(group=group, name=f"{group}_schema", node=node)

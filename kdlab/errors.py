@@ -1,0 +1,9 @@
+"""Errors a user can fix. The command line prints these as one message, no traceback."""
+
+
+class ConfigError(ValueError):
+    """A bad configuration value, unknown name or incompatible setting."""
+
+
+class DataError(ValueError):
+    """A missing, malformed or inconsistent data file."""

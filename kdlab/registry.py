@@ -1,0 +1,83 @@
+"""One small registry class: builders registered by name, looked up by name.
+
+Every buildable thing in kdlab (teachers, students, datasets, divergences) lives in a
+``Registry``. Unknown names and duplicate registrations are errors, and parameters are
+checked against the builder's signature before anything is built, so a typo in a config
+fails before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Any, Callable, Dict, Generic, Iterator, List, Mapping, TypeVar
+
+from kdlab.errors import ConfigError
+
+T = TypeVar("T", bound=Callable[..., Any])
+
+
+class Registry(Generic[T]):
+    """A named collection of builders (classes or functions)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: Dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator: ``@registry.register("name")``. Registering a name twice is an error."""
+
+        def deco(obj: T) -> T:
+            if name in self._entries:
+                raise ValueError(
+                    f"{self.kind} {name!r} is already registered (by {self._entries[name]!r}); "
+                    "choose another name"
+                )
+            self._entries[name] = obj
+            return obj
+
+        return deco
+
+    def names(self) -> List[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def get(self, name: str) -> T:
+        """Return the builder registered as ``name``; an unknown name lists the valid ones."""
+        try:
+            return self._entries[name]
+        except KeyError:
+            close = difflib.get_close_matches(str(name), self._entries, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"unknown {self.kind} {name!r}. Valid {self.kind} names: "
+                f"{', '.join(self.names())}.{hint}"
+            ) from None
+
+    def check_params(self, name: str, params: Mapping[str, Any]) -> None:
+        """Raise ConfigError if ``params`` do not fit the signature of builder ``name``."""
+        builder = self.get(name)
+        sig = inspect.signature(builder)
+        accepted = [
+            p.name
+            for p in sig.parameters.values()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        ]
+        takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+        if not takes_kwargs:
+            unknown = sorted(set(params) - set(accepted))
+            if unknown:
+                raise ConfigError(
+                    f"{self.kind} {name!r} has no parameter(s) {', '.join(map(repr, unknown))}. "
+                    f"Valid parameters: {', '.join(accepted) or '(none)'}."
+                )
+
+    def build(self, name: str, /, *args: Any, **params: Any) -> Any:
+        """Check ``params`` against the builder's signature, then call it."""
+        self.check_params(name, params)
+        return self.get(name)(*args, **params)
