@@ -165,13 +165,3 @@ def register_configs() -> None:
     """Store the schema so that YAML files are validated against it."""
     cs = ConfigStore.instance()
     cs.store(name="kdlab_schema", node=Config)
-    for group, node in [
-        ("teacher", TeacherConfig),
-        ("student", StudentConfig),
-        ("divergence", DivergenceConfig),
-        ("dataset", DatasetConfig),
-        ("hardware", HardwareConfig),
-        ("trainer", TrainerConfig),
-        ("logger", LoggerConfig),
-    ]:
-        cs.store(group=group, name=f"{group}_schema", node=node)

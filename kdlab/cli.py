@@ -1,0 +1,38 @@
+"""The ``kdlab`` command: Hydra glue only; the work happens in ``kdlab.runner.run``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from kdlab.config import register_configs
+from kdlab.errors import ConfigError, DataError
+
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def app(cfg: DictConfig) -> float:
+    from kdlab.runner import run  # heavy imports after Hydra has parsed the command line
+
+    try:
+        results = run(cfg)
+    except (ConfigError, DataError, FloatingPointError) as e:
+        # A user error: one clear message, no traceback.
+        print(f"kdlab: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    # Returned for sweepers (e.g. Optuna) that optimise the task's main metric.
+    return results["student"]["dev"][results["metric"]]
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Student builders: from pretrained weights, from a subset of the teacher's layers
+(DistilBERT-style), or from a shrunken copy of the teacher's config with random init."""
+
+from __future__ import annotations
+
+import copy
+from typing import List
+
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from kdlab.config import StudentConfig
+from kdlab.errors import ConfigError
+from kdlab.models import STUDENTS, Loaded
+from kdlab.models.hf import load_classifier
+
+# Config attributes that hold the number of transformer blocks, by architecture family.
+LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+
+
+def _layer_count(config) -> int:
+    for key in LAYER_COUNT_KEYS:
+        if hasattr(config, key):
+            return int(getattr(config, key))
+    raise ConfigError(f"cannot tell the number of layers of a {config.model_type} model")
+
+
+def take_layers(model: torch.nn.Module, layers: List[int]) -> torch.nn.Module:
+    """A copy of ``model`` keeping only the transformer blocks at ``layers``.
+
+    Every ``ModuleList`` whose length is the model's layer count is treated as the block
+    stack (BERT ``encoder.layer``, GPT-2 ``h``, LLaMA ``layers``, T5 ``block``), so the
+    same code serves every family. Embeddings, pooler and head are copied as they are.
+    """
+    n = _layer_count(model.config)
+    bad = [i for i in layers if not -n <= i < n]
+    if not layers or bad:
+        raise ConfigError(
+            f"student.layers={list(layers)}: indices must be in [0, {n - 1}] for a {n}-layer "
+            "teacher (e.g. student.layers=[0,5])"
+        )
+    if len(set(i % n for i in layers)) != len(layers):
+        raise ConfigError(f"student.layers={list(layers)} repeats a layer")
+    student = copy.deepcopy(model)
+    stacks = [
+        (name, mod)
+        for name, mod in student.named_modules()
+        if isinstance(mod, torch.nn.ModuleList) and len(mod) == n
+    ]
+    if not stacks:
+        raise ConfigError(f"found no stack of {n} layers in the {model.config.model_type} teacher")
+    for name, stack in stacks:
+        parent = student.get_submodule(name.rsplit(".", 1)[0]) if "." in name else student
+        setattr(parent, name.rsplit(".", 1)[-1], torch.nn.ModuleList([stack[i] for i in layers]))
+    for key in LAYER_COUNT_KEYS:
+        if hasattr(student.config, key):
+            setattr(student.config, key, len(layers))
+    return student
+
+
+@STUDENTS.register("from_teacher")
+def from_teacher(cfg: StudentConfig, teacher: Loaded, num_labels: int) -> Loaded:
+    """Keep ``student.layers`` of the (fine-tuned) teacher: embeddings, head and the chosen
+    blocks start from the teacher's weights, as DistilBERT / PKD initialise students."""
+    if cfg.layers is None:
+        raise ConfigError("student=from_teacher needs student.layers=[...], e.g. [0,5]")
+    model = take_layers(teacher.model, list(cfg.layers))
+    return Loaded(model, teacher.tokenizer, f"{teacher.source}:layers={list(cfg.layers)}")
+
+
+@STUDENTS.register("shrunk")
+def shrunk(cfg: StudentConfig, teacher: Loaded, num_labels: int) -> Loaded:
+    """The teacher's architecture with ``student.overrides`` applied, randomly initialised."""
+    config = copy.deepcopy(teacher.model.config)
+    unknown = sorted(k for k in cfg.overrides if not hasattr(config, k))
+    if unknown:
+        raise ConfigError(
+            f"student.overrides has key(s) {unknown} that a {config.model_type} config lacks"
+        )
+    for k, v in cfg.overrides.items():
+        setattr(config, k, v)
+    config.num_labels = num_labels
+    try:
+        model = AutoModelForSequenceClassification.from_config(config)
+    except (ValueError, AssertionError) as e:
+        raise ConfigError(f"student.overrides={dict(cfg.overrides)} give an invalid model: {e}") from None
+    return Loaded(model, teacher.tokenizer, f"shrunk:{dict(cfg.overrides)}", has_task_head=False)
+
+
+@STUDENTS.register("pretrained")
+def pretrained(cfg: StudentConfig, teacher: Loaded, num_labels: int) -> Loaded:
+    """A student checkpoint from ``student.path`` (local directory or hub id)."""
+    if not cfg.path:
+        raise ConfigError("student=pretrained needs student.path=<local dir or hub id>")
+    return load_classifier(cfg.path, num_labels, key="student.path")

@@ -1,0 +1,130 @@
+"""The training objective: a weighted sum of terms declared in config.
+
+    loss = alpha * KD + (1 - alpha) * CE + divergence.weight * divergence + sum(extra terms)
+
+KD is Hinton's soft-target cross-entropy at ``objective.kd.temperature`` (optionally
+annealed to 1 and scaled by T^2). CE is cross-entropy on the labels (MSE for regression).
+Every distillation term is a module of ``kdlab.divergences``; all are computed in float32
+whatever the autocast dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from kdlab import divergences
+from kdlab.config import Config
+from kdlab.errors import ConfigError
+
+NO_DIVERGENCE = "none"
+
+
+@dataclass
+class Term:
+    name: str  # the key under which it is logged
+    weight: float
+    module: torch.nn.Module
+
+
+class Objective(torch.nn.Module):
+    """Cross-entropy on labels plus weighted distillation terms."""
+
+    def __init__(
+        self,
+        ce_weight: float,
+        terms: List[Term],
+        regression: bool,
+        kd_anneal_from: Optional[float] = None,
+    ) -> None:
+        super().__init__()
+        self.ce_weight = ce_weight
+        self.terms = terms
+        self._modules_list = torch.nn.ModuleList([t.module for t in terms])
+        self.regression = regression
+        self.kd_anneal_from = kd_anneal_from
+
+    @property
+    def needs_teacher(self) -> bool:
+        return any(t.weight > 0 for t in self.terms)
+
+    def set_progress(self, fraction: float) -> None:
+        """SinKD's ``kd_anneal``: the KD temperature goes linearly from T to 1 over training."""
+        if self.kd_anneal_from is None:
+            return
+        t0 = self.kd_anneal_from
+        for term in self.terms:
+            if term.name == "kd":
+                term.module.temperature = t0 - (t0 - 1.0) * min(max(fraction, 0.0), 1.0)
+
+    def forward(
+        self,
+        student_logits: torch.Tensor,  # [B, C]
+        labels: torch.Tensor,  # [B] (long, or float for regression)
+        teacher_logits: Optional[torch.Tensor] = None,  # [B, C]
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        z_s = student_logits.float()
+        parts: Dict[str, torch.Tensor] = {}
+        total = z_s.new_zeros(())
+        if self.ce_weight > 0:
+            if self.regression:
+                ce = F.mse_loss(z_s.squeeze(-1), labels.float())
+            else:
+                ce = F.cross_entropy(z_s, labels)
+            parts["ce"] = ce
+            total = total + self.ce_weight * ce
+        if self.needs_teacher:
+            if teacher_logits is None:
+                raise ValueError("the objective has distillation terms but no teacher logits")
+            z_t = teacher_logits.float().detach()
+            for term in self.terms:
+                if term.weight > 0:
+                    value = term.module(z_s, z_t)
+                    parts[term.name] = value
+                    total = total + term.weight * value
+        parts["loss"] = total
+        return total, parts
+
+
+def check_weight(key: str, value: float, upper: Optional[float] = None) -> None:
+    if value < 0 or (upper is not None and value > upper):
+        rng = f"[0, {upper}]" if upper is not None else ">= 0"
+        raise ConfigError(f"{key}={value}: must be {rng}")
+
+
+def build_objective(cfg: Config, regression: bool) -> Objective:
+    """Build the distillation objective of ``cfg`` (before any model is loaded)."""
+    obj = cfg.objective
+    check_weight("objective.alpha", obj.alpha, upper=1.0)
+    if obj.kd.temperature <= 0:
+        raise ConfigError(f"objective.kd.temperature={obj.kd.temperature}: must be > 0")
+    terms: List[Term] = []
+    if obj.alpha > 0:
+        kd = divergences.get("kd", temperature=obj.kd.temperature, t2=obj.kd.t2)
+        terms.append(Term("kd", obj.alpha, kd))
+    div = cfg.divergence
+    if div.name != NO_DIVERGENCE:
+        check_weight("divergence.weight", div.weight)
+        terms.append(Term(div.name, div.weight, _build("divergence", div.name, dict(div.params))))
+    for key, term in obj.terms.items():
+        check_weight(f"objective.terms.{key}.weight", term.weight)
+        if key in {t.name for t in terms} or key == "ce":
+            raise ConfigError(f"objective.terms.{key}: the name {key!r} is already used by another term")
+        terms.append(Term(key, term.weight, _build(f"objective.terms.{key}", term.name, dict(term.params))))
+    anneal = obj.kd.temperature if obj.kd.anneal else None
+    return Objective(1.0 - obj.alpha, terms, regression, kd_anneal_from=anneal)
+
+
+def fine_tune_objective(regression: bool) -> Objective:
+    """Plain supervised training: cross-entropy (or MSE) only."""
+    return Objective(1.0, [], regression)
+
+
+def _build(key: str, name: str, params: dict) -> torch.nn.Module:
+    try:
+        return divergences.get(name, **params)
+    except ConfigError as e:
+        raise ConfigError(f"{key}: {e}") from None

@@ -1,0 +1,59 @@
+"""Fine-tuned teachers, cached on disk under a key of (model, task, recipe).
+
+Later runs and every member of a sweep that use the same teacher, task and fine-tuning
+recipe load the cached copy instead of training again. Entries are written to a temp
+directory and renamed into place, so a crash never leaves a half-written teacher.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from omegaconf import OmegaConf
+
+from kdlab.models import Loaded
+from kdlab.models.hf import load_classifier
+
+MARKER = "kdlab_teacher.json"
+
+
+def key(source: str, task: str, finetune: Any, max_length: int) -> str:
+    recipe = OmegaConf.to_container(finetune, resolve=True) if OmegaConf.is_config(finetune) else dict(finetune)
+    blob = json.dumps({"model": source, "task": task, "recipe": recipe, "max_length": max_length},
+                      sort_keys=True)
+    slug = task.replace("/", "-")
+    return f"{slug}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
+
+def entry(cache_dir: str, k: str) -> Path:
+    return Path(cache_dir) / "teachers" / k
+
+
+def load(cache_dir: str, k: str, num_labels: int) -> Optional[Loaded]:
+    path = entry(cache_dir, k)
+    if not (path / MARKER).exists():
+        return None
+    return load_classifier(str(path), num_labels, key="cached teacher")
+
+
+def save(cache_dir: str, k: str, loaded: Loaded, meta: Dict[str, Any]) -> Loaded:
+    path = entry(cache_dir, k)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{k}-", dir=path.parent))
+    try:
+        loaded.model.save_pretrained(tmp)
+        loaded.tokenizer.save_pretrained(tmp)
+        (tmp / MARKER).write_text(json.dumps({"key": k, "source": loaded.source, **meta}, indent=2))
+        try:
+            os.rename(tmp, path)
+        except OSError:  # a concurrent sweep member saved it first; keep theirs
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return Loaded(loaded.model, loaded.tokenizer, str(path), has_task_head=True)

@@ -1,0 +1,111 @@
+"""One tracker interface for all logging: W&B (online / offline / disabled) plus, always,
+``metrics.jsonl`` in the run directory.
+
+Without an API key, ``mode=auto`` runs W&B offline so nothing needs the network; an
+offline run can be uploaded later with ``wandb sync <run_dir>/wandb/offline-run-*``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+from kdlab.config import LoggerConfig
+from kdlab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+RESULTS_FILE = "results.json"
+WANDB_MODES = ("online", "offline", "disabled", "auto")
+BACKENDS = ("wandb", "none")
+
+
+def resolve_wandb_mode(mode: str) -> str:
+    if mode not in WANDB_MODES:
+        raise ConfigError(f"logger.mode={mode!r}: valid modes are {', '.join(WANDB_MODES)}")
+    if mode != "auto":
+        return mode
+    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+
+
+def _jsonable(v: Any) -> Any:
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)  # JSON has no NaN / inf
+    return v
+
+
+class Tracker:
+    """Logs metric dicts with a global, monotonic step. Always call ``finish``."""
+
+    def __init__(
+        self,
+        cfg: LoggerConfig,
+        run_dir: str | os.PathLike,
+        config: Mapping[str, Any],
+        name: Optional[str] = None,
+    ) -> None:
+        if cfg.backend not in BACKENDS:
+            raise ConfigError(f"logger.backend={cfg.backend!r}: valid backends are {', '.join(BACKENDS)}")
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.run_dir / METRICS_FILE, "a", encoding="utf-8")
+        self.step = 0
+        self._wandb = None
+        mode = resolve_wandb_mode(cfg.mode)
+        if cfg.backend == "wandb" and mode != "disabled":
+            import wandb
+
+            self._wandb = wandb.init(
+                project=cfg.project,
+                entity=cfg.entity,
+                group=cfg.group,
+                tags=list(cfg.tags),
+                name=name,
+                mode=mode,
+                dir=str(self.run_dir),
+                config=dict(config),
+                reinit="finish_previous",
+            )
+
+    @property
+    def wandb_dir(self) -> Optional[str]:
+        return None if self._wandb is None else self._wandb.dir
+
+    def log(self, metrics: Mapping[str, Any], step: Optional[int] = None) -> None:
+        """Log ``metrics``; ``step`` defaults to one past the last logged step."""
+        self.step = self.step + 1 if step is None else max(step, self.step)
+        row: Dict[str, Any] = {"step": self.step, **{k: _jsonable(v) for k, v in metrics.items()}}
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+        if self._wandb is not None:
+            self._wandb.log(dict(metrics), step=self.step)
+
+    def summary(self, values: Mapping[str, Any]) -> None:
+        if self._wandb is not None:
+            for k, v in values.items():
+                self._wandb.summary[k] = v
+
+    def finish(self, exit_code: int = 0) -> None:
+        if not self._file.closed:
+            self._file.close()
+        if self._wandb is not None:
+            self._wandb.finish(exit_code=exit_code)
+            self._wandb = None
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` via a temp file and rename: never a partial file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, default=_jsonable)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

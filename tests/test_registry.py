@@ -1,0 +1,53 @@
+import pytest
+
+from kdlab.errors import ConfigError
+from kdlab.registry import Registry
+
+
+def make():
+    reg = Registry("widget")
+
+    @reg.register("square")
+    def square(x: int, scale: float = 1.0):
+        return x * x * scale
+
+    @reg.register("cube")
+    class Cube:
+        def __init__(self, side: int):
+            self.volume = side**3
+
+    return reg
+
+
+def test_build_by_name_and_list():
+    reg = make()
+    assert reg.names() == ["cube", "square"]
+    assert reg.build("square", x=3, scale=2.0) == 18.0
+    assert reg.build("cube", side=2).volume == 8
+    assert "cube" in reg and "sphere" not in reg
+
+
+def test_unknown_name_lists_valid_names_and_suggests():
+    reg = make()
+    with pytest.raises(ConfigError, match=r"unknown widget 'sqare'.*cube, square.*Did you mean 'square'"):
+        reg.get("sqare")
+
+
+def test_duplicate_registration_is_an_error():
+    reg = make()
+    with pytest.raises(ValueError, match="already registered"):
+        reg.register("cube")(lambda: None)
+    assert reg.build("cube", side=3).volume == 27  # the original survives
+
+
+def test_parameters_checked_against_signature_before_building():
+    reg = make()
+    calls = []
+
+    @reg.register("spy")
+    def spy(a: int):
+        calls.append(a)
+
+    with pytest.raises(ConfigError, match=r"'spy' has no parameter\(s\) 'b'.*Valid parameters: a"):
+        reg.build("spy", a=1, b=2)
+    assert calls == []
