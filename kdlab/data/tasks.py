@@ -1,0 +1,102 @@
+"""Task specifications: what a GLUE / SuperGLUE task is, where its files live, how it is scored.
+
+``TASKS`` maps ``"<benchmark>/<task>"`` (``"glue/sst2"``, ``"superglue/wic"``) to a
+``TaskSpec``; the names are those of the ``dataset/`` config options.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+from kdlab.data.examples import Example
+from kdlab.data.readers import FileFormat, Labels, Row
+from kdlab.errors import ConfigError
+from kdlab.registry import Registry
+
+TASKS: Registry = Registry("dataset")
+
+KINDS = ("classification", "regression", "multiple_choice")
+
+
+@dataclass(frozen=True)
+class SplitFile:
+    """The original-format file of one split, e.g. ``dev.tsv`` for GLUE ``validation``."""
+
+    filename: str
+    format: FileFormat
+    labelled: bool = True
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task.
+
+    ``label_names`` are in the Hugging Face ``glue`` / ``super_glue`` order, so label ids
+    agree across sources. ``metric`` is the main metric (model selection); ``metrics``
+    all that ``compute_metrics`` returns. Original-format files live in
+    ``<data_dir>/<benchmark>/<dirname>/``; the hub copy is ``hub_path`` / ``hub_config``.
+    ``to_example`` turns a row (hub field names, label ids) into an ``Example``.
+    ``train_task`` names the task whose training data a diagnostic set (no train split)
+    is evaluated with.
+    """
+
+    name: str
+    benchmark: str
+    dirname: str
+    hub_path: str
+    hub_config: str
+    label_names: Tuple[str, ...]
+    raw_labels: Optional[Mapping[Any, int]]
+    metric: str
+    metrics: Tuple[str, ...]
+    splits: Mapping[str, SplitFile]
+    eval_splits: Tuple[str, ...]
+    to_example: Callable[[Row], Example]
+    kind: str = "classification"
+    train_task: Optional[str] = None
+    description: str = ""
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        assert self.kind in KINDS, self.kind
+        assert self.metric in self.metrics, (self.name, self.metric)
+        assert all(s in self.splits for s in self.eval_splits), self.name
+
+    @property
+    def num_labels(self) -> int:
+        """Output size of a classifier head: 1 for regression, else the class count."""
+        return 1 if self.is_regression else len(self.label_names)
+
+    @property
+    def is_regression(self) -> bool:
+        return self.kind == "regression"
+
+    @property
+    def train_split(self) -> Optional[str]:
+        return "train" if "train" in self.splits else None
+
+    def labels(self, split: str) -> Labels:
+        return Labels(raw=self.raw_labels, required=self.split_file(split).labelled)
+
+    def split_file(self, split: str) -> SplitFile:
+        try:
+            return self.splits[split]
+        except KeyError:
+            raise ConfigError(
+                f"{self.name} has no split {split!r}. Valid splits: {', '.join(self.splits)}."
+            ) from None
+
+
+def register(spec: TaskSpec) -> TaskSpec:
+    TASKS.register(spec.name)(spec)
+    return spec
+
+
+def get_task(name: str) -> TaskSpec:
+    """The task registered as ``name``; an unknown name raises ConfigError listing the valid ones."""
+    return TASKS.get(name)
+
+
+def task_names() -> List[str]:
+    return TASKS.names()
