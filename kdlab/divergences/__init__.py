@@ -22,3 +22,7 @@ def get(name: str, **params: Any) -> torch.nn.Module:
 
 def names() -> List[str]:
     return REGISTRY.names()
+
+
+# Importing the families registers them.
+from kdlab.divergences import kl, sinkhorn  # noqa: E402,F401

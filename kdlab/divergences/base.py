@@ -1,0 +1,188 @@
+"""Shared plumbing of every divergence: input checks, temperature, masking, reduction.
+
+A divergence is called as ``div(student_logits, teacher_logits, mask=None)``:
+
+- logits are ``[..., C]`` (``[B, C]`` for classification, ``[B, T, V]`` for sequences);
+- ``mask`` is ``[...]`` bool, True = keep. Masked positions are removed *before* any
+  arithmetic, so whatever they contain (even NaN or inf) cannot reach the value or the
+  gradient;
+- the teacher side is always detached;
+- half-precision inputs are upcast to float32 and autocast is disabled inside, so the
+  loss is computed in float32 whatever the caller's precision (float64 stays float64).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from kdlab.errors import ConfigError
+
+REDUCTIONS = ("mean", "sum", "batchmean")
+
+
+def check_range(
+    name: str,
+    value: float,
+    low: float = -math.inf,
+    high: float = math.inf,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """Raise ConfigError naming ``name``, ``value`` and the valid interval if out of range."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    too_low = v <= low if low_open else v < low
+    too_high = v >= high if high_open else v > high
+    if math.isnan(v) or too_low or too_high:
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ConfigError(f"{name} must be in {interval}, got {value!r}")
+    return v
+
+
+def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def compute_dtype(x: Tensor) -> Tensor:
+    """float16/bfloat16 -> float32; float32/float64 unchanged."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def no_autocast(x: Tensor) -> torch.autocast:
+    return torch.autocast(device_type=x.device.type, enabled=False)
+
+
+def flatten_inputs(
+    student: Tensor, teacher: Tensor, mask: Optional[Tensor], min_dims: int = 1
+) -> Tuple[Tensor, Tensor, int]:
+    """Check shapes, drop masked positions, detach the teacher.
+
+    Returns ``(s [N, C], t [N, C], n_rows)`` where ``n_rows`` is the leading dimension of
+    the input (``B``), used by the ``batchmean`` reduction.
+    """
+    if not isinstance(student, Tensor) or not isinstance(teacher, Tensor):
+        raise TypeError("student_logits and teacher_logits must be torch.Tensor")
+    if student.shape != teacher.shape:
+        raise ValueError(
+            f"student_logits {tuple(student.shape)} and teacher_logits "
+            f"{tuple(teacher.shape)} must have the same shape [..., C]"
+        )
+    if student.dim() < min_dims:
+        raise ValueError(f"logits must have at least {min_dims} dimension(s), got a scalar")
+    if not student.is_floating_point():
+        raise ValueError(f"logits must be floating point, got {student.dtype}")
+    n_rows = student.shape[0] if student.dim() > 1 else 1
+    C = student.shape[-1]
+    s = student.reshape(-1, C)
+    t = teacher.detach().reshape(-1, C)
+    if mask is not None:
+        if mask.shape != student.shape[:-1]:
+            raise ValueError(
+                f"mask {tuple(mask.shape)} must have the shape of the logits without "
+                f"their last dimension, {tuple(student.shape[:-1])}"
+            )
+        if mask.dtype != torch.bool:
+            raise ValueError(f"mask must be bool (True = keep), got {mask.dtype}")
+        keep = mask.reshape(-1)
+        if not bool(keep.all()):
+            s, t = s[keep], t[keep]
+    return s, t, n_rows
+
+
+def check_not_probabilities(x: Tensor, which: str) -> None:
+    """Raise if every row of ``x`` is a probability vector (non-negative, sums to 1).
+
+    Logits almost never look like that, probabilities always do: this catches passing
+    ``softmax`` outputs where logits are expected.
+    """
+    if x.numel() == 0 or x.shape[-1] < 2:
+        return
+    with torch.no_grad():
+        xf = x.float()
+        looks_like_probs = bool((xf >= 0).all()) and bool(
+            torch.allclose(xf.sum(-1), torch.ones(()), atol=1e-3)
+        )
+    if looks_like_probs:
+        raise ValueError(
+            f"{which} look like probabilities (non-negative rows summing to 1); "
+            "divergences take logits. Pass the pre-softmax outputs."
+        )
+
+
+def reduce(values: Tensor, n_rows: int, reduction: str) -> Tensor:
+    """Reduce per-position values ``[N]`` (masked positions already removed).
+
+    mean: over kept positions (samples, or unmasked tokens); sum: their sum;
+    batchmean: their sum divided by the leading dimension B of the input.
+    An empty selection gives 0 (with a gradient path) rather than NaN.
+    """
+    if reduction == "sum":
+        return values.sum()
+    if reduction == "batchmean":
+        return values.sum() / max(n_rows, 1)
+    return values.sum() / max(values.numel(), 1)
+
+
+class LogitDivergence(torch.nn.Module):
+    """Base of divergences between per-position distributions softmax(z / T).
+
+    Subclasses implement ``pointwise(log_q, log_p) -> [N]`` on log-probabilities of the
+    student (``log_q``) and teacher (``log_p``). The base handles checks, temperature,
+    masking, the optional T^2 factor and the reduction.
+
+    Args:
+        temperature: T > 0; both distributions are softmax(logits / T). The trainer may
+            change it between steps.
+        t2: multiply the result by T^2 (Hinton et al. 2015), which keeps gradient
+            magnitudes comparable across temperatures.
+        reduction: "mean" over kept positions (samples for [B, C], unmasked tokens for
+            [B, T, V]), "sum", or "batchmean" (sum divided by B).
+        check_inputs: raise ValueError if either input looks like probabilities rather
+            than logits (costs one pass over the inputs).
+    """
+
+    def __init__(
+        self,
+        temperature: float = 1.0,
+        t2: bool = False,
+        reduction: str = "mean",
+        check_inputs: bool = False,
+    ) -> None:
+        super().__init__()
+        self.temperature = check_range("temperature", temperature, 0.0, low_open=True)
+        self.t2 = bool(t2)
+        self.reduction = check_choice("reduction", reduction, REDUCTIONS)
+        self.check_inputs = bool(check_inputs)
+
+    def log_probs(self, s: Tensor, t: Tensor) -> Tuple[Tensor, Tensor]:
+        """Student and teacher log-probabilities at the current temperature."""
+        T = check_range("temperature", self.temperature, 0.0, low_open=True)
+        if T != 1.0:
+            s, t = s / T, t / T
+        return torch.log_softmax(s, dim=-1), torch.log_softmax(t, dim=-1)
+
+    def pointwise(self, log_q: Tensor, log_p: Tensor) -> Tensor:  # [N, C] x2 -> [N]
+        raise NotImplementedError
+
+    def forward(self, student_logits: Tensor, teacher_logits: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        s, t, n_rows = flatten_inputs(student_logits, teacher_logits, mask)
+        if self.check_inputs:
+            check_not_probabilities(s, "student_logits")
+            check_not_probabilities(t, "teacher_logits")
+        with no_autocast(s):
+            log_q, log_p = self.log_probs(compute_dtype(s), compute_dtype(t))
+            out = reduce(self.pointwise(log_q, log_p), n_rows, self.reduction)
+            if self.t2:
+                out = out * (self.temperature**2)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, t2={self.t2}, reduction={self.reduction!r}"
