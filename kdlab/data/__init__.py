@@ -5,7 +5,7 @@ normalised ``Example`` list; ``compute_metrics(name, predictions, references)`` 
 official scores.
 """
 
-from kdlab.data import glue  # noqa: F401  (registers the GLUE tasks)
+from kdlab.data import glue, superglue  # noqa: F401  (register the tasks)
 from kdlab.data.examples import NO_LABEL, Example
 from kdlab.data.loader import load_split
 from kdlab.data.metrics import compute_metrics, score

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, Hashable, List, Optional, Union
 
 # Label of an example whose split carries no gold label (GLUE/SuperGLUE test sets).
 NO_LABEL = -1
@@ -29,7 +29,7 @@ class Example:
     text_b: Optional[str]
     label: Union[int, float]
     idx: int
-    group: Optional[int] = None
+    group: Optional[Hashable] = None
     choices: List[str] = field(default_factory=list)
     answers: List[str] = field(default_factory=list)
     fields: Dict[str, Any] = field(default_factory=dict)

@@ -19,6 +19,11 @@ OFFICIAL = [
     ("glue/stsb", "validation", 1500, None),
     ("glue/rte", "train", 2490, {0: 1249, 1: 1241}),
     ("glue/rte", "validation", 277, {0: 146, 1: 131}),
+    ("superglue/boolq", "validation", 3270, {0: 1237, 1: 2033}),
+    ("superglue/cb", "train", 250, {0: 115, 1: 119, 2: 16}),
+    ("superglue/cb", "validation", 56, {0: 23, 1: 28, 2: 5}),
+    ("superglue/copa", "train", 400, {0: 195, 1: 205}),
+    ("superglue/copa", "validation", 100, {0: 55, 1: 45}),
 ]
 
 
