@@ -151,7 +151,6 @@ SCORERS: Dict[str, Scorer] = {
     "spearmanr": spearman,
     "f1a": binary_f1,
 }
-GROUPED = {"exact_match", "gender_parity"}
 
 
 def compute_metrics(
@@ -165,7 +164,7 @@ def compute_metrics(
     ``predictions`` / ``references``: class ids (regression: scores), one per example.
     ReCoRD: predicted answer strings and, per query, the list of gold answer strings.
     ``groups`` (MultiRC question ids, AX-g pair ids) is required for MultiRC; for AX-g,
-    ``gender_parity`` is reported when it is given. ``score`` builds all of these from
+    ``gender_parity`` is reported only when it is given. ``score`` builds all of these from
     ``Example`` lists.
     """
     spec = get_task(task)
@@ -191,8 +190,12 @@ def compute_metrics(
         if name in SCORERS:
             out[name] = SCORERS[name](pred, ref)
         elif groups is None:
-            if name == spec.metric:
-                raise ValueError(f"{task}: {name} needs the group of each example (groups=...)")
+            # AX-g pair ids exist in the original files only, so parity is optional there.
+            if name != "gender_parity":
+                raise ValueError(
+                    f"{task}: {name} needs the group of each example (groups=..., or use "
+                    "kdlab.data.score(task, predictions, examples))"
+                )
         elif name == "exact_match":
             out[name] = group_exact_match(pred, ref, groups)
         elif name == "gender_parity":
