@@ -25,4 +25,4 @@ def names() -> List[str]:
 
 
 # Importing the families registers them.
-from kdlab.divergences import kl, sinkhorn  # noqa: E402,F401
+from kdlab.divergences import fdiv, kl, mse, sinkhorn  # noqa: E402,F401

@@ -23,6 +23,13 @@ from kdlab.errors import ConfigError
 
 REDUCTIONS = ("mean", "sum", "batchmean")
 
+# Per-class terms of the unbounded members (chi^2, alpha outside [0, 1]) are capped at
+# e^cap: cap = 60 (a probability below ~1e-26 counts as 1e-26 in a denominator), without
+# which an underflowing probability makes the value inf in float32. For float16 inputs
+# the cap is 8 (terms <= ~3000), so that their gradients stay inside float16's range.
+LOG_CAP = 60.0
+LOG_CAP_FP16 = 8.0
+
 
 def check_range(
     name: str,
@@ -135,7 +142,8 @@ class LogitDivergence(torch.nn.Module):
     """Base of divergences between per-position distributions softmax(z / T).
 
     Subclasses implement ``pointwise(log_q, log_p) -> [N]`` on log-probabilities of the
-    student (``log_q``) and teacher (``log_p``). The base handles checks, temperature,
+    student (``log_q``) and teacher (``log_p``), as produced by ``prepare`` (override it
+    to work on something else, e.g. raw logits). The base handles checks, temperature,
     masking, the optional T^2 factor and the reduction.
 
     Args:
@@ -161,10 +169,12 @@ class LogitDivergence(torch.nn.Module):
         self.t2 = bool(t2)
         self.reduction = check_choice("reduction", reduction, REDUCTIONS)
         self.check_inputs = bool(check_inputs)
+        # cap of per-class terms for unbounded members, set per call from the input dtype
+        self.log_cap = LOG_CAP
 
-    def log_probs(self, s: Tensor, t: Tensor) -> Tuple[Tensor, Tensor]:
+    def prepare(self, s: Tensor, t: Tensor) -> Tuple[Tensor, Tensor]:
         """Student and teacher log-probabilities at the current temperature."""
-        T = check_range("temperature", self.temperature, 0.0, low_open=True)
+        T = self.temperature
         if T != 1.0:
             s, t = s / T, t / T
         return torch.log_softmax(s, dim=-1), torch.log_softmax(t, dim=-1)
@@ -174,11 +184,13 @@ class LogitDivergence(torch.nn.Module):
 
     def forward(self, student_logits: Tensor, teacher_logits: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         s, t, n_rows = flatten_inputs(student_logits, teacher_logits, mask)
+        check_range("temperature", self.temperature, 0.0, low_open=True)  # may be set between calls
         if self.check_inputs:
             check_not_probabilities(s, "student_logits")
             check_not_probabilities(t, "teacher_logits")
+        self.log_cap = LOG_CAP_FP16 if student_logits.dtype == torch.float16 else LOG_CAP
         with no_autocast(s):
-            log_q, log_p = self.log_probs(compute_dtype(s), compute_dtype(t))
+            log_q, log_p = self.prepare(compute_dtype(s), compute_dtype(t))
             out = reduce(self.pointwise(log_q, log_p), n_rows, self.reduction)
             if self.t2:
                 out = out * (self.temperature**2)
