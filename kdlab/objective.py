@@ -91,7 +91,7 @@ class Objective(torch.nn.Module):
 
 def check_weight(key: str, value: float, upper: Optional[float] = None) -> None:
     if value < 0 or (upper is not None and value > upper):
-        rng = f"[0, {upper}]" if upper is not None else ">= 0"
+        rng = f"in [0, {upper}]" if upper is not None else ">= 0"
         raise ConfigError(f"{key}={value}: must be {rng}")
 
 

@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
+import transformers
 from omegaconf import OmegaConf
 from transformers import set_seed
 
@@ -190,6 +191,8 @@ def run(cfg: Config) -> Dict[str, Any]:
     validate(cfg)
     task = get_task(cfg.dataset.name)
     build_objective(cfg, task.is_regression)  # fail on bad divergence settings before loading
+    transformers.logging.set_verbosity_error()  # load reports of fresh heads are expected here
+    transformers.logging.disable_progress_bar()
     if cfg.hardware.num_threads:
         torch.set_num_threads(cfg.hardware.num_threads)
     out_dir = Path(cfg.output_dir)
@@ -198,12 +201,12 @@ def run(cfg: Config) -> Dict[str, Any]:
     exit_code = 1
     try:
         exp = Experiment(cfg, tracker)
+        # Data first: a missing or malformed file fails before any model is loaded.
+        train_examples = exp.examples("train", cfg.dataset.max_train_samples, cfg.seed)
+        eval_examples = {s: exp.examples(s, cfg.dataset.max_eval_samples, cfg.seed) for s in task.eval_splits}
         teacher = exp.teacher()
-        train_ds = exp.encode(teacher.tokenizer, exp.examples("train", cfg.dataset.max_train_samples, cfg.seed))
-        evals = {
-            split: exp.encode(teacher.tokenizer, exp.examples(split, cfg.dataset.max_eval_samples, cfg.seed))
-            for split in task.eval_splits
-        }
+        train_ds = exp.encode(teacher.tokenizer, train_examples)
+        evals = {split: exp.encode(teacher.tokenizer, ex) for split, ex in eval_examples.items()}
         results: Dict[str, Any] = {"task": task.name, "metric": task.metric}
         results["teacher"] = {"name": cfg.teacher.name, "params": count_params(teacher.model),
                               "dev": exp.evaluate(teacher.model, evals)}

@@ -1,0 +1,79 @@
+"""Config composition and validation: typos and bad values fail before any work."""
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from kdlab.errors import ConfigError, DataError
+from kdlab.objective import build_objective
+from kdlab.runner import run, validate
+from tests.conftest import compose_config
+
+
+def test_default_config_composes_with_types():
+    cfg = compose_config(["output_dir=/tmp/x"])
+    assert cfg.teacher.name == "minilm"
+    assert cfg.student.layers == [0, 5]
+    assert cfg.divergence.name == "sinkhorn"
+    assert cfg.dataset.name == "glue/sst2"
+    assert OmegaConf.get_type(cfg.trainer).__name__ == "TrainerConfig"
+    validate(cfg)
+
+
+def test_experiment_preset_overrides_main_config():
+    cfg = compose_config(["experiment=smoke"])
+    assert cfg.experiment_name == "smoke"
+    assert cfg.trainer.max_steps == 24
+    assert cfg.dataset.max_train_samples == 256
+
+
+@pytest.mark.parametrize(
+    "override, pattern",
+    [
+        ("trainer.lerning_rate=1e-3", "lerning_rate"),  # misspelt key
+        ("divergence.weight=hot", "hot"),  # ill-typed value
+        ("divergence=nope", "nope"),  # unknown group option
+        ("objective.kd=hot", "hot"),  # replacing a typed node by a string
+    ],
+)
+def test_schema_rejects_before_any_work(override, pattern):
+    with pytest.raises(ConfigCompositionException, match=pattern) as e:
+        compose_config([override])
+    assert pattern in str(e.value) or pattern in str(e.value.__cause__)
+
+
+@pytest.mark.parametrize(
+    "overrides, pattern",
+    [
+        (["objective.alpha=1.5"], r"objective.alpha=1.5: must be in \[0, 1.0\]"),
+        (["objective.kd.temperature=-1"], r"objective.kd.temperature=-1.0: must be > 0"),
+        (["divergence.weight=-0.1"], r"divergence.weight=-0.1"),
+        (["dataset.name=glue/nope"], r"unknown dataset 'glue/nope'.*glue/sst2"),
+        (["teacher.name=gpt9"], r"unknown teacher 'gpt9'.*minilm"),
+        (["hardware.precision=fp8"], r"hardware.precision='fp8'.*fp32, bf16, fp16"),
+        (["trainer.lr=0"], r"trainer.lr=0.0: must be > 0"),
+    ],
+)
+def test_validation_names_key_value_and_choices(overrides, pattern):
+    cfg = compose_config(["output_dir=/tmp/x", *overrides])
+    with pytest.raises(ConfigError, match=pattern):
+        validate(cfg)
+        build_objective(cfg, regression=False)
+
+
+def test_divergence_parameters_checked_at_build():
+    cfg = compose_config(["output_dir=/tmp/x", "+divergence.params.epsilonn=0.1"])
+    with pytest.raises(ConfigError, match="epsilonn"):
+        build_objective(cfg, regression=False)
+    cfg = compose_config(["output_dir=/tmp/x", "divergence.params.temperature=-2"])
+    with pytest.raises(ConfigError, match="temperature"):
+        build_objective(cfg, regression=False)
+
+
+def test_data_dir_without_the_task_names_the_file(tmp_path, cache_dir):
+    (tmp_path / "glue").mkdir()
+    cfg = compose_config([f"output_dir={tmp_path / 'run'}", f"dataset.data_dir={tmp_path}",
+                          f"cache_dir={cache_dir}", "logger=none", "dataset=glue/rte"])
+    with pytest.raises(DataError, match=r"RTE.*train.tsv"):
+        run(cfg)
+    assert not (tmp_path / "run" / "results.json").exists()

@@ -1,0 +1,80 @@
+"""End to end: `kdlab experiment=smoke` on tiny slices of real SST-2."""
+
+import json
+import math
+
+import pytest
+
+from tests.conftest import run_cli
+
+RESULT_KEYS = {"task", "metric", "teacher", "student", "divergence", "seed", "steps", "wall_seconds", "config"}
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory, data_dir, cache_dir):
+    """Two smoke runs sharing a cache: the first fine-tunes the teacher, the second reuses it."""
+    runs = []
+    for i in range(2):
+        run_dir = tmp_path_factory.mktemp(f"smoke{i}")
+        out = run_cli(["experiment=smoke", f"hydra.run.dir={run_dir}", f"cache_dir={cache_dir}"],
+                      env_extra={"KDLAB_DATA_DIR": str(data_dir)})
+        assert out.returncode == 0, out.stderr[-3000:]
+        runs.append((run_dir, out))
+    return runs
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_results_json_contract(smoke_runs):
+    run_dir, out = smoke_runs[0]
+    res = json.loads((run_dir / "results.json").read_text())
+    assert RESULT_KEYS <= set(res)
+    assert res["task"] == "glue/sst2" and res["metric"] == "accuracy"
+    assert res["divergence"] == "sinkhorn" and res["seed"] == 0 and res["steps"] == 24
+    for who in ("teacher", "student"):
+        assert set(res[who]) == {"name", "params", "dev"}
+        assert 0.0 <= res[who]["dev"]["accuracy"] <= 1.0
+    assert res["teacher"]["params"] > res["student"]["params"] > 0
+    assert res["config"]["trainer"]["max_steps"] == 24  # resolved config
+    assert res["config"]["dataset"]["data_dir"]  # interpolation resolved
+    assert 0 < res["wall_seconds"] < 600
+    assert "student, distilled (sinkhorn)" in out.stdout  # the printed table
+
+
+def test_metrics_jsonl_logs_every_term(smoke_runs):
+    run_dir, _ = smoke_runs[0]
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    steps = [r["step"] for r in rows]
+    assert steps == sorted(steps) and len(set(steps)) == len(steps)
+    phases = {r.get("phase") for r in rows}
+    assert {"teacher_finetune", "student"} <= phases
+    student = [r for r in rows if r.get("phase") == "student"]
+    assert [r["phase_step"] for r in student] == list(range(2, 25, 2))
+    for r in student:
+        for term in ("ce", "kd", "sinkhorn", "loss"):
+            assert math.isfinite(r[f"student/{term}"])
+        # the logged total is the weighted sum of the logged terms (alpha 0.9, beta 0.8)
+        expected = 0.1 * r["student/ce"] + 0.9 * r["student/kd"] + 0.8 * r["student/sinkhorn"]
+        assert r["student/loss"] == pytest.approx(expected, rel=1e-5)
+    final = rows[-1]
+    assert final["dev/student/accuracy"] == json.loads((run_dir / "results.json").read_text())["student"]["dev"]["accuracy"]
+
+
+def test_second_run_reuses_the_cached_teacher(smoke_runs, cache_dir):
+    (first, _), (second, _) = smoke_runs
+    phases = {r.get("phase") for r in read_jsonl(second / "metrics.jsonl")}
+    assert "teacher_finetune" not in phases
+    assert len(list((cache_dir / "teachers").iterdir())) == 1
+    r1 = json.loads((first / "results.json").read_text())
+    r2 = json.loads((second / "results.json").read_text())
+    assert r1["teacher"]["dev"] == r2["teacher"]["dev"]  # the same teacher weights
+    assert r1["student"]["dev"] == r2["student"]["dev"]  # same seed, same run
+
+
+def test_wandb_offline_run_directory(smoke_runs):
+    run_dir, _ = smoke_runs[0]
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert any(runs[0].glob("*.wandb"))
