@@ -141,6 +141,7 @@ def record_scores(predictions: Sequence[str], golds: Sequence[Sequence[str]]) ->
 
 # ---------------------------------------------------------------- per task
 
+RECORD = "superglue/record"  # scored on answer strings, not label ids
 Scorer = Callable[[np.ndarray, np.ndarray], float]
 SCORERS: Dict[str, Scorer] = {
     "accuracy": accuracy,
@@ -172,7 +173,7 @@ def compute_metrics(
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
     if len(references) == 0:
         raise ValueError(f"no examples to score for {task}")
-    if spec.hub_config == "record":
+    if spec.name == RECORD:
         return record_scores(predictions, references)
     pred, ref = np.asarray(predictions), np.asarray(references)
     if pred.ndim != 1:
@@ -207,7 +208,7 @@ def score(task: str, predictions: Sequence, examples: Sequence[Example]) -> Dict
     """``compute_metrics`` from examples: predictions are class ids, for multiple-choice
     tasks choice indices (ReCoRD: mapped to the chosen entity's text)."""
     spec: TaskSpec = get_task(task)
-    if spec.hub_config == "record":
+    if spec.name == RECORD:
         texts = [ex.choices[int(p)] for p, ex in zip(predictions, examples, strict=True)]
         return compute_metrics(task, texts, [ex.answers for ex in examples])
     groups = [ex.group for ex in examples]

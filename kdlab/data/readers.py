@@ -41,12 +41,11 @@ class Labels:
                 return float(value)
             except (TypeError, ValueError):
                 raise BadRow(f"label {value!r} is not a number") from None
-        # bool is an int subclass: only accept it where the file spells labels that way.
-        key = value
-        if isinstance(value, bool) != any(isinstance(k, bool) for k in self.raw):
-            key = object()
-        if key in self.raw:
-            return self.raw[key]
+        # bool is an int subclass (True == 1): accept booleans only where the format spells
+        # labels as booleans, and integers only where it spells them as integers.
+        spelled_bool = any(isinstance(k, bool) for k in self.raw)
+        if isinstance(value, bool) == spelled_bool and value in self.raw:
+            return self.raw[value]
         valid = ", ".join(repr(k) for k in self.raw)
         raise BadRow(f"unknown label {value!r} (expected one of {valid})")
 

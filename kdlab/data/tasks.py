@@ -6,8 +6,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, List, Mapping, Optional, Tuple
 
 from kdlab.data.examples import Example
 from kdlab.data.readers import FileFormat, Labels, Row
@@ -56,7 +56,6 @@ class TaskSpec:
     kind: str = "classification"
     train_task: Optional[str] = None
     description: str = ""
-    extra: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         assert self.kind in KINDS, self.kind
