@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Set, Tuple
 
 import torch
 from torch import Tensor
@@ -159,7 +159,19 @@ def _dense(x: Tensor, y: Tensor, eps: float, opt: SoundOptions) -> Tuple[Tensor,
     return value, stats
 
 
-_KEOPS_FAILED = False
+_FAILED_BACKENDS: Set[str] = set()  # KeOps backends that failed once: not retried
+_WARNED: Set[str] = set()
+
+
+def _fall_back(backend: str, reason: str, remember: bool) -> str:
+    """Warn once per backend and return "dense"; ``remember``: never try it again."""
+    if backend not in _WARNED:
+        warnings.warn(f"Sinkhorn backend {backend!r} unavailable ({reason}); using the dense backend",
+                      RuntimeWarning, stacklevel=4)
+        _WARNED.add(backend)
+    if remember:
+        _FAILED_BACKENDS.add(backend)
+    return "dense"
 
 
 def _geomloss(x: Tensor, y: Tensor, eps: float, opt: SoundOptions, backend: str) -> Tensor:
@@ -182,12 +194,14 @@ def sound_sinkhorn(x: Tensor, y: Tensor, eps: float, opt: SoundOptions) -> Tuple
 
     Returns the value and a dict of diagnostics (backend, iterations, transport cost...).
     """
-    global _KEOPS_FAILED
     N, M = x.shape[0], y.shape[0]
     backend = opt.backend
     if backend == "auto":
         backend = "dense" if (N * M <= opt.auto_dense_max or opt.gradient == "unrolled") else "online"
-    if backend in ("online", "multiscale") and _KEOPS_FAILED:
+    if backend == "multiscale" and x.shape[1] > 3:
+        # GeomLoss clusters the points on a grid, which KeOps implements for D <= 3 only
+        backend = _fall_back("multiscale", f"it needs points in at most 3 dimensions, got {x.shape[1]}", False)
+    if backend in _FAILED_BACKENDS:
         backend = "dense"
     if backend in GEOMLOSS_BACKENDS:
         try:
@@ -196,14 +210,7 @@ def sound_sinkhorn(x: Tensor, y: Tensor, eps: float, opt: SoundOptions) -> Tuple
         except Exception as err:  # KeOps missing or failing to compile: never crash
             if backend == "tensorized":
                 raise
-            _KEOPS_FAILED = True
-            warnings.warn(
-                f"Sinkhorn backend {backend!r} failed ({type(err).__name__}: {err}); "
-                "using the dense backend from now on",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            backend = "dense"
+            backend = _fall_back(backend, f"{type(err).__name__}: {err}", True)
     value, stats = _dense(x, y, eps, opt)
     stats.update(backend="dense", points=N, value=float(value.detach()))
     return value, stats

@@ -164,6 +164,7 @@ class Sinkhorn(torch.nn.Module):
                 from kdlab.divergences.ot import sound_sinkhorn
 
                 out, self.last_stats = sound_sinkhorn(x, y, self.epsilon, self.sound)
+                out = self.scale * out
             if self.t2:
                 out = out * T**2
         return out
