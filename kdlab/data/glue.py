@@ -38,14 +38,13 @@ def pair(a: str, b: Optional[str]):
 def splits(
     fields: Mapping[str, str],
     label: str,
-    test_fields: Optional[Mapping[str, str]] = None,
     files: Sequence[Tuple[str, str]] = (("train", "train.tsv"), ("validation", "dev.tsv")),
     tests: Sequence[Tuple[str, str]] = (("test", "test.tsv"),),
 ) -> Dict[str, SplitFile]:
-    """Split -> file for a task whose labelled files share one header and test files another."""
+    """Split -> file for a task whose test files have the same text columns and no label."""
     out = {s: SplitFile(f, TsvFormat(fields=fields, label=label)) for s, f in files}
     for s, f in tests:
-        out[s] = SplitFile(f, TsvFormat(fields=test_fields or fields, label=None), labelled=False)
+        out[s] = SplitFile(f, TsvFormat(fields=fields, label=None), labelled=False)
     return out
 
 
