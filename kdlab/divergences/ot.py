@@ -95,30 +95,53 @@ def solve(C: Tensor, eps: float, max_iter: int, tol: float, symmetric: bool) -> 
     ``f <- (f + T(f)) / 2`` converge in a few steps and ``g = f``.
     Differentiable if called with autograd on (unrolled gradient).
     """
+    if float(C.detach().max()) / eps <= PLAIN_KERNEL_MAX:
+        return _solve_kernel(torch.exp(-C / eps), eps, max_iter, tol, symmetric)
+    return _solve_lse(C, eps, max_iter, tol, symmetric)
+
+
+def _solve_kernel(K: Tensor, eps: float, max_iter: int, tol: float, symmetric: bool) -> Tuple[Tensor, Tensor, int, float]:
+    """Updates as matrix-vector products with ``K = exp(-C / eps)`` ``[N, M]``.
+
+    Scalings ``u = a exp(f / eps)``, ``v = b exp(g / eps)``, so that ``P = diag(u) K diag(v)``.
+    """
+    N, M = K.shape
+    a, b = 1.0 / N, 1.0 / M
+    u = K.new_full((N,), a)  # f = 0
+    v = K.new_full((M,), b)  # g = 0
+    change, iters = math.inf, 0
+    while iters < max_iter:
+        iters += 1
+        if symmetric:  # f <- (f + T(f)) / 2
+            u_new = torch.sqrt(u * a / (K @ u))
+            ratio, u = u_new / u, u_new
+        else:
+            u = a / (K @ v)
+            v_new = b / (K.T @ u)
+            ratio, v = v_new / v, v_new
+        change = eps * float(ratio.detach().log().abs().max())
+        if change < tol:
+            break
+    f = eps * torch.log(u / a)
+    return (f, f, iters, change) if symmetric else (f, eps * torch.log(v / b), iters, change)
+
+
+def _solve_lse(C: Tensor, eps: float, max_iter: int, tol: float, symmetric: bool) -> Tuple[Tensor, Tensor, int, float]:
+    """Updates in the log domain, ``f_i = -eps logsumexp_j(log b_j + (g_j - C_ij) / eps)``."""
     N, M = C.shape
     log_a, log_b = -math.log(N), -math.log(M)
-    plain = float(C.detach().max()) / eps <= PLAIN_KERNEL_MAX
-    K = torch.exp(-C / eps) if plain else None  # [N, M]
     f = C.new_zeros(N)
     g = C.new_zeros(M)
     change, iters = math.inf, 0
     while iters < max_iter:
         iters += 1
         if symmetric:
-            if plain:
-                Tf = -eps * torch.log(K @ torch.exp(f / eps + log_a))
-            else:
-                Tf = softmin(eps, C, f / eps + log_a, dim=1)
-            f_new = 0.5 * (f + Tf)
+            f_new = 0.5 * (f + softmin(eps, C, f / eps + log_a, dim=1))
             change = float((f_new - f).detach().abs().max())
             f = g = f_new
         else:
-            if plain:
-                f = -eps * torch.log(K @ torch.exp(g / eps + log_b))
-                g_new = -eps * torch.log(K.T @ torch.exp(f / eps + log_a))
-            else:
-                f = softmin(eps, C, g / eps + log_b, dim=1)
-                g_new = softmin(eps, C, f / eps + log_a, dim=0)
+            f = softmin(eps, C, g / eps + log_b, dim=1)
+            g_new = softmin(eps, C, f / eps + log_a, dim=0)
             change = float((g_new - g).detach().abs().max())
             g = g_new
         if change < tol:
@@ -145,10 +168,10 @@ def _dense(x: Tensor, y: Tensor, eps: float, opt: SoundOptions) -> Tuple[Tensor,
         if unrolled:
             f_aa = solve(cost_matrix(x, x, opt.cost), eps, opt.max_iter, opt.tol, True)[0]
         else:
-            with torch.no_grad():
-                f_aa = solve(cost_matrix(x.detach(), x.detach(), opt.cost), eps, opt.max_iter, opt.tol, True)[0]
             # one-sided cost: the gradient of <a, f_aa> is half that of OT(a, a)
             C_xx = cost_matrix(x, x.detach(), opt.cost)
+            with torch.no_grad():
+                f_aa = solve(C_xx.detach(), eps, opt.max_iter, opt.tol, True)[0]
             f_aa = softmin(eps, C_xx, f_aa.detach() / eps + log_a, dim=1)
         value = value - f_aa.mean() - g_bb.mean()
     with torch.no_grad():

@@ -158,16 +158,23 @@ class Sinkhorn(torch.nn.Module):
         with no_autocast(s):
             x = torch.softmax(compute_dtype(s) / T, dim=-1)  # [N, C] student points
             y = torch.softmax(compute_dtype(t) / T, dim=-1)  # [N, C] teacher points
-            if self.mode == "faithful":
-                out = self._faithful(x, y)
-            else:
-                from kdlab.divergences.ot import sound_sinkhorn
-
-                out, self.last_stats = sound_sinkhorn(x, y, self.epsilon, self.sound)
-                out = self.scale * out
+            out = self.transport(x, y)
             if self.t2:
                 out = out * T**2
         return out
+
+    def transport(self, x: Tensor, y: Tensor) -> Tensor:
+        """The scaled value between point clouds ``x [N, D]`` (student) and ``y [M, D]``.
+
+        Coordinates are used as given (no softmax, no temperature); ``y`` is detached.
+        """
+        y = y.detach()
+        if self.mode == "faithful":
+            return self._faithful(x, y)
+        from kdlab.divergences.ot import sound_sinkhorn
+
+        out, self.last_stats = sound_sinkhorn(x, y, self.epsilon, self.sound)
+        return self.scale * out
 
     def _faithful(self, x: Tensor, y: Tensor) -> Tensor:
         P, W = faithful_sinkhorn(x, y, self.p, self.epsilon, self.n_iters)

@@ -1,0 +1,232 @@
+"""Benchmark of the divergence library: forward + backward on CPU, median time, peak memory.
+
+    python scripts/bench_divergences.py                 # default sizes (a few minutes)
+    python scripts/bench_divergences.py --full          # + N = 4096 and D = 1000 for Sinkhorn
+    python scripts/bench_divergences.py --only tokens   # one section: classification, sinkhorn, tokens
+
+Sections (printed as Markdown tables):
+- classification: every divergence at B in {16, 32, 256}, C in {2, 3};
+- sinkhorn: N student and N teacher points (probability vectors in D dimensions), L1 cost,
+  eps = 0.1, kdlab's backends against POT and GeomLoss;
+- tokens: B*T = 4096 tokens, V = 32000, the KL family against F.kl_div(log_target=True).
+
+Peak memory is the growth of the process's peak resident set (VmHWM, reset before each
+measured call), so it includes everything a call allocates (KeOps and NumPy too), at
+page granularity.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import re
+import statistics
+import sys
+import time
+import warnings
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from kdlab.divergences import get
+
+Fn = Callable[[], None]
+
+
+def _status(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        return int(re.search(field + r":\s+(\d+)", fh.read()).group(1)) * 1024
+
+
+def peak_memory(fn: Fn) -> Optional[float]:
+    """MB by which one call of ``fn`` raises the peak RSS (None where it cannot be read)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand cached blocks back: they would hide growth
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # reset VmHWM to the current RSS
+        before = _status("VmRSS")
+        fn()
+        return (_status("VmHWM") - before) / 2**20
+    except OSError:
+        return None
+
+
+def median_time(fn: Fn, min_repeats: int = 3, max_repeats: int = 20, budget: float = 2.0) -> float:
+    """Median seconds of ``fn`` after one warm-up call (which also compiles KeOps kernels)."""
+    fn()
+    times: List[float] = []
+    start = time.perf_counter()
+    while len(times) < max_repeats and (len(times) < min_repeats or time.perf_counter() - start < budget):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def measure(fn: Fn, **kw) -> Tuple[float, Optional[float]]:
+    t = median_time(fn, **kw)
+    return t, peak_memory(fn)
+
+
+def fwd_bwd(loss: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor) -> Fn:
+    def run() -> None:
+        zs = z.detach().requires_grad_(True)
+        loss(zs).backward()
+
+    return run
+
+
+def fmt_ms(t: Optional[float]) -> str:
+    if t is None:
+        return "-"
+    return f"{t * 1e3:.1f} ms" if t < 10 else f"{t:.1f} s"
+
+
+def fmt_mb(m: Optional[float]) -> str:
+    return "-" if m is None else f"{m:.0f} MB"
+
+
+def table(header: List[str], rows: List[List[str]]) -> None:
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join("---" for _ in header) + "|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    print(flush=True)
+
+
+CLASSIFICATION: Dict[str, dict] = {
+    "kd": {}, "kl": {}, "rkl": {}, "skl": {}, "js": {}, "tvd": {}, "hellinger": {},
+    "pearson": {}, "neyman": {}, "alpha": {}, "skew_kl": {}, "skew_rkl": {}, "fdiv": {}, "mse": {},
+    "sinkhorn (faithful)": {"mode": "faithful"},
+    "sinkhorn (sound)": {"mode": "sound"},
+}
+
+
+def name_of(label: str) -> str:
+    return label.split(" ")[0]
+
+
+def bench_classification() -> None:
+    sizes = [(B, C) for B in (16, 32, 256) for C in (2, 3)]
+    print("## Classification: forward + backward, median time\n")
+    rows = []
+    for label, params in CLASSIFICATION.items():
+        div = get(name_of(label), **params)
+        row = [label]
+        for B, C in sizes:
+            g = torch.Generator().manual_seed(0)
+            z_s, z_t = torch.randn(B, C, generator=g) * 2, torch.randn(B, C, generator=g) * 2
+            row.append(fmt_ms(median_time(fwd_bwd(lambda s, div=div, z_t=z_t: div(s, z_t), z_s), budget=0.3)))
+        rows.append(row)
+    table(["divergence"] + [f"B={B}, C={C}" for B, C in sizes], rows)
+
+
+def sinkhorn_methods(N: int, D: int, full: bool) -> Dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+    import ot
+    from geomloss import SamplesLoss
+
+    a = torch.full((N,), 1.0 / N)
+    l1 = lambda u, v: torch.cdist(u, v, p=1)  # noqa: E731
+
+    def pot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return ot.sinkhorn2(a, a, torch.cdist(x, y, p=1), 0.1, numItermax=20, stopThr=0.0)
+
+    def geomloss(backend: str) -> Callable:
+        cost = "Sum(Abs(X-Y))" if backend == "online" else l1
+        loss = SamplesLoss("sinkhorn", p=1, blur=0.1, cost=cost, backend=backend)
+        return lambda x, y: loss(x, y)
+
+    def kdlab(**params) -> Callable:
+        div = get("sinkhorn", temperature=1.0, **params)
+        return lambda x, y: div.transport(x, y)
+
+    methods = {
+        "kdlab dense, debiased, tol 1e-5": kdlab(backend="dense"),
+        "kdlab dense, 20 it, not debiased": kdlab(backend="dense", debias=False, tol=0.0, max_iter=20),
+        "kdlab dense, 20 it, unrolled": kdlab(backend="dense", debias=False, tol=0.0, max_iter=20, gradient="unrolled"),
+        "POT sinkhorn2, 20 it": pot,
+        "GeomLoss tensorized, debiased": geomloss("tensorized"),
+        "kdlab online (KeOps), debiased": kdlab(backend="online", scaling=0.5),
+        "GeomLoss online (KeOps), debiased": geomloss("online"),
+        "kdlab faithful (published)": lambda x, y: get("sinkhorn", mode="faithful", temperature=1.0).transport(x, y),
+    }
+    if N >= 4096 and not full:
+        return {}
+    return methods
+
+
+def bench_sinkhorn(full: bool) -> None:
+    Ns = (32, 256, 1024, 4096) if full else (32, 256, 1024)
+    Ds = (3, 100, 1000) if full else (3, 100)
+    print("## Batch-wise Sinkhorn: N points vs N points in D dims, L1 cost, eps = 0.1\n")
+    print("forward + backward, median time / peak memory growth\n")
+    rows = []
+    header: List[str] = []
+    for N in Ns:
+        for D in Ds:
+            methods = sinkhorn_methods(N, D, full)
+            header = ["N x D"] + list(methods)
+            g = torch.Generator().manual_seed(0)
+            x0 = torch.softmax(torch.randn(N, D, generator=g) * 2, -1)
+            y = torch.softmax(torch.randn(N, D, generator=g) * 2, -1)
+            row = [f"{N} x {D}"]
+            for label, method in methods.items():
+                slow = "online" in label and N * D > 1024 * 100 and not full
+                if slow:
+                    row.append("skipped (--full)")
+                    continue
+                try:
+                    t, m = measure(fwd_bwd(lambda x, method=method, y=y: method(x, y), x0), min_repeats=1, max_repeats=5)
+                    row.append(f"{fmt_ms(t)} / {fmt_mb(m)}")
+                except (RuntimeError, MemoryError) as err:
+                    row.append(f"failed: {type(err).__name__}")
+            rows.append(row)
+            print(f"  done {N} x {D}", file=sys.stderr, flush=True)
+    table(header, rows)
+
+
+TOKEN_FAMILY = ["kl", "rkl", "skl", "js", "tvd", "hellinger", "pearson", "neyman", "alpha",
+                "skew_kl", "skew_rkl", "kd", "mse"]
+
+
+def bench_tokens(tokens: int = 4096, vocab: int = 32000) -> None:
+    print(f"## Token level: {tokens} tokens x V = {vocab}, forward + backward\n")
+    g = torch.Generator().manual_seed(0)
+    z_s = torch.randn(tokens, vocab, generator=g) * 3
+    z_t = torch.randn(tokens, vocab, generator=g) * 3
+
+    def floor(s: torch.Tensor) -> torch.Tensor:
+        return F.kl_div(F.log_softmax(s, -1), F.log_softmax(z_t, -1), reduction="batchmean", log_target=True)
+
+    t0, m0 = measure(fwd_bwd(floor, z_s), max_repeats=5)
+    rows = [["F.kl_div(log_target=True) (floor)", fmt_ms(t0), fmt_mb(m0), "1.00"]]
+    for name in TOKEN_FAMILY:
+        div = get(name)
+        t, m = measure(fwd_bwd(lambda s, div=div: div(s, z_t), z_s), max_repeats=5)
+        rows.append([name, fmt_ms(t), fmt_mb(m), f"{t / t0:.2f}"])
+        print(f"  done {name}", file=sys.stderr, flush=True)
+    table(["divergence", "median time", "peak memory", "time / floor"], rows)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="Sinkhorn also at N = 4096 and D = 1000, KeOps everywhere")
+    parser.add_argument("--only", choices=["classification", "sinkhorn", "tokens"], help="run one section")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{'full' if args.full else 'default'} sizes\n")
+    if args.only in (None, "classification"):
+        bench_classification()
+    if args.only in (None, "sinkhorn"):
+        bench_sinkhorn(args.full)
+    if args.only in (None, "tokens"):
+        bench_tokens()
+
+
+if __name__ == "__main__":
+    main()
