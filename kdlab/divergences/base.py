@@ -138,6 +138,29 @@ def reduce(values: Tensor, n_rows: int, reduction: str) -> Tensor:
     return values.sum() / max(values.numel(), 1)
 
 
+class _FusedPointwise(torch.autograd.Function):
+    """Per-position values of a softmax divergence with a hand-written gradient.
+
+    With ``log_q = log_softmax(s / T)`` and ``h = dD/dlog q``, the gradient with respect to
+    the student logits is ``(h - q sum_c h) / T`` (the softmax Jacobian).
+    """
+
+    @staticmethod
+    def forward(ctx, s: Tensor, t: Tensor, div: LogitDivergence) -> Tensor:  # type: ignore[override]
+        log_q, log_p = div.prepare(s, t)
+        values, h = div.value_and_grad(log_q, log_p)
+        ctx.save_for_backward(log_q, h)
+        ctx.temperature = div.temperature
+        return values
+
+    @staticmethod
+    def backward(ctx, grad_values: Tensor):  # type: ignore[override]
+        log_q, h = ctx.saved_tensors
+        grad = h - log_q.exp() * h.sum(-1, keepdim=True)
+        grad = grad * (grad_values[:, None] / ctx.temperature)
+        return grad, None, None
+
+
 class LogitDivergence(torch.nn.Module):
     """Base of divergences between per-position distributions softmax(z / T).
 
@@ -182,6 +205,20 @@ class LogitDivergence(torch.nn.Module):
     def pointwise(self, log_q: Tensor, log_p: Tensor) -> Tensor:  # [N, C] x2 -> [N]
         raise NotImplementedError
 
+    # Members that define grad_log_q get a fused backward (one pass, two saved tensors)
+    # instead of autograd through every elementwise op: at V = 32000 this is what keeps
+    # them close to F.kl_div. Such members are differentiable once (no double backward).
+    fused = False
+
+    def grad_log_q(self, log_q: Tensor, log_p: Tensor) -> Tensor:
+        """``h = dD/dlog q`` per class ``[N, C]``, up to terms proportional to q (which
+        the softmax projects out)."""
+        raise NotImplementedError
+
+    def value_and_grad(self, log_q: Tensor, log_p: Tensor) -> Tuple[Tensor, Tensor]:
+        """``(pointwise, grad_log_q)``; override to share intermediate tensors."""
+        return self.pointwise(log_q, log_p), self.grad_log_q(log_q, log_p)
+
     def forward(self, student_logits: Tensor, teacher_logits: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         s, t, n_rows = flatten_inputs(student_logits, teacher_logits, mask)
         check_range("temperature", self.temperature, 0.0, low_open=True)  # may be set between calls
@@ -190,8 +227,12 @@ class LogitDivergence(torch.nn.Module):
             check_not_probabilities(t, "teacher_logits")
         self.log_cap = LOG_CAP_FP16 if student_logits.dtype == torch.float16 else LOG_CAP
         with no_autocast(s):
-            log_q, log_p = self.prepare(compute_dtype(s), compute_dtype(t))
-            out = reduce(self.pointwise(log_q, log_p), n_rows, self.reduction)
+            s, t = compute_dtype(s), compute_dtype(t)
+            if self.fused and torch.is_grad_enabled() and s.requires_grad:
+                values = _FusedPointwise.apply(s, t, self)
+            else:
+                values = self.pointwise(*self.prepare(s, t))
+            out = reduce(values, n_rows, self.reduction)
             if self.t2:
                 out = out * (self.temperature**2)
         return out

@@ -26,7 +26,7 @@ skew_rkl (l)   -log((1 - l) u + l)                         KL(q || (1 - l) p + l
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Optional, Union
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -42,15 +42,18 @@ def log_mix(log_a: Tensor, log_b: Tensor, w: float) -> Tensor:
     return torch.logaddexp(log_a + math.log(w), log_b + math.log1p(-w))
 
 
-def alpha_terms(log_p: Tensor, log_q: Tensor, alpha: float, cap: float = LOG_CAP) -> Tensor:
-    """Amari alpha-divergence per row, ``alpha`` not in {0, 1}, ``[N, C] -> [N]``.
+def alpha_terms(log_p: Tensor, log_q: Tensor, alpha: float, cap: float = LOG_CAP) -> Tuple[Tensor, Tensor]:
+    """Amari alpha-divergence per row and its ``dD/dlog q``, ``alpha`` not in {0, 1}.
 
     ``sum_c (p^a q^(1-a) - a p - (1-a) q) / (a (a - 1))``: every class term has the sign
-    of ``a (a - 1)``, so the sum is non-negative up to rounding.
+    of ``a (a - 1)``, so the sum is non-negative up to rounding. ``dD/dlog q`` is
+    ``-p^a q^(1-a) / a`` up to a multiple of q; capped terms have no gradient.
     """
-    mixed = torch.exp((alpha * log_p + (1 - alpha) * log_q).clamp_max(cap))
+    exponent = alpha * log_p + (1 - alpha) * log_q
+    mixed = torch.exp(exponent.clamp_max(cap))
     terms = mixed - alpha * log_p.exp() - (1 - alpha) * log_q.exp()
-    return (terms.sum(-1) / (alpha * (alpha - 1))).clamp_min(0.0)
+    values = (terms.sum(-1) / (alpha * (alpha - 1))).clamp_min(0.0)
+    return values, torch.where(exponent < cap, mixed, 0.0) / -alpha
 
 
 @REGISTRY.register("js")
@@ -69,14 +72,21 @@ class GeneralizedJSD(LogitDivergence):
         super().__init__(**kw)
         self.beta = check_range("beta", beta, 0.0, 1.0)
 
+    fused = True
+
     def pointwise(self, log_q: Tensor, log_p: Tensor) -> Tensor:
+        return self.value_and_grad(log_q, log_p)[0]
+
+    def value_and_grad(self, log_q: Tensor, log_p: Tensor) -> Tuple[Tensor, Tensor]:
         b = self.beta
         if b == 0.0:
-            return kl_terms(log_p, log_q).clamp_min(0.0)
+            return kl_terms(log_p, log_q).clamp_min(0.0), -log_p.exp()
+        q = log_q.exp()
         if b == 1.0:
-            return kl_terms(log_q, log_p).clamp_min(0.0)
+            return kl_terms(log_q, log_p).clamp_min(0.0), q * (log_q - log_p)
         log_m = log_mix(log_p, log_q, b)
-        return (b * kl_terms(log_p, log_m) + (1 - b) * kl_terms(log_q, log_m)).clamp_min(0.0)
+        value = (b * kl_terms(log_p, log_m) + (1 - b) * (q * (log_q - log_m)).sum(-1)).clamp_min(0.0)
+        return value, (1 - b) * q * (log_q - log_m)
 
 
 @REGISTRY.register("tvd")
@@ -86,8 +96,15 @@ class TotalVariation(LogitDivergence):
     Summed over classes, not averaged (the published SinKD baseline divides by C).
     """
 
+    fused = True
+
     def pointwise(self, log_q: Tensor, log_p: Tensor) -> Tensor:
         return 0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1)
+
+    def value_and_grad(self, log_q: Tensor, log_p: Tensor) -> Tuple[Tensor, Tensor]:
+        q = log_q.exp()
+        diff = log_p.exp() - q
+        return 0.5 * diff.abs().sum(-1), -0.5 * q * diff.sign()
 
 
 @REGISTRY.register("alpha")
@@ -105,11 +122,16 @@ class AlphaDivergence(LogitDivergence):
         super().__init__(**kw)
         self.alpha = check_range("alpha", alpha, -100.0, 100.0)
 
+    fused = True
+
     def pointwise(self, log_q: Tensor, log_p: Tensor) -> Tensor:
+        return self.value_and_grad(log_q, log_p)[0]
+
+    def value_and_grad(self, log_q: Tensor, log_p: Tensor) -> Tuple[Tensor, Tensor]:
         if self.alpha == 1.0:
-            return kl_terms(log_p, log_q).clamp_min(0.0)
+            return kl_terms(log_p, log_q).clamp_min(0.0), -log_p.exp()
         if self.alpha == 0.0:
-            return kl_terms(log_q, log_p).clamp_min(0.0)
+            return kl_terms(log_q, log_p).clamp_min(0.0), log_q.exp() * (log_q - log_p)
         return alpha_terms(log_p, log_q, self.alpha, self.log_cap)
 
 
@@ -120,8 +142,14 @@ class SquaredHellinger(LogitDivergence):
     In [0, 1], symmetric. Hellinger 1909. (Some authors omit the 1/2.)
     """
 
+    fused = True
+
     def pointwise(self, log_q: Tensor, log_p: Tensor) -> Tensor:
-        return 0.25 * alpha_terms(log_p, log_q, 0.5)  # bounded: no cap reached
+        return self.value_and_grad(log_q, log_p)[0]
+
+    def value_and_grad(self, log_q: Tensor, log_p: Tensor) -> Tuple[Tensor, Tensor]:
+        value, h = alpha_terms(log_p, log_q, 0.5)
+        return 0.25 * value, 0.25 * h
 
 
 @REGISTRY.register("pearson")
@@ -131,8 +159,14 @@ class PearsonChi2(LogitDivergence):
     Pearson 1900. Unbounded; each class term is capped (``kdlab.divergences.base.LOG_CAP``).
     """
 
+    fused = True
+
     def pointwise(self, log_q: Tensor, log_p: Tensor) -> Tensor:
-        return 2.0 * alpha_terms(log_p, log_q, 2.0, self.log_cap)
+        return self.value_and_grad(log_q, log_p)[0]
+
+    def value_and_grad(self, log_q: Tensor, log_p: Tensor) -> Tuple[Tensor, Tensor]:
+        value, h = alpha_terms(log_p, log_q, 2.0, self.log_cap)
+        return 2.0 * value, 2.0 * h
 
 
 @REGISTRY.register("neyman")
@@ -142,8 +176,14 @@ class NeymanChi2(LogitDivergence):
     Neyman 1949. Unbounded; each class term is capped (``kdlab.divergences.base.LOG_CAP``).
     """
 
+    fused = True
+
     def pointwise(self, log_q: Tensor, log_p: Tensor) -> Tensor:
-        return 2.0 * alpha_terms(log_p, log_q, -1.0, self.log_cap)
+        return self.value_and_grad(log_q, log_p)[0]
+
+    def value_and_grad(self, log_q: Tensor, log_p: Tensor) -> Tuple[Tensor, Tensor]:
+        value, h = alpha_terms(log_p, log_q, -1.0, self.log_cap)
+        return 2.0 * value, 2.0 * h
 
 
 @REGISTRY.register("skew_kl")
@@ -160,9 +200,16 @@ class SkewKL(LogitDivergence):
         super().__init__(**kw)
         self.skew = check_range("skew", skew, 0.0, 1.0, high_open=True)
 
+    fused = True
+
     def pointwise(self, log_q: Tensor, log_p: Tensor) -> Tensor:
+        return self.value_and_grad(log_q, log_p)[0]
+
+    def value_and_grad(self, log_q: Tensor, log_p: Tensor) -> Tuple[Tensor, Tensor]:
         log_m = log_mix(log_p, log_q, self.skew) if self.skew > 0 else log_q
-        return kl_terms(log_p, log_m).clamp_min(0.0)
+        p = log_p.exp()
+        value = (p * (log_p - log_m)).sum(-1).clamp_min(0.0)
+        return value, -(1 - self.skew) * torch.exp(log_p + log_q - log_m)
 
 
 @REGISTRY.register("skew_rkl")
@@ -176,9 +223,16 @@ class SkewReverseKL(LogitDivergence):
         super().__init__(**kw)
         self.skew = check_range("skew", skew, 0.0, 1.0, high_open=True)
 
+    fused = True
+
     def pointwise(self, log_q: Tensor, log_p: Tensor) -> Tensor:
+        return self.value_and_grad(log_q, log_p)[0]
+
+    def value_and_grad(self, log_q: Tensor, log_p: Tensor) -> Tuple[Tensor, Tensor]:
         log_m = log_mix(log_q, log_p, self.skew) if self.skew > 0 else log_p
-        return kl_terms(log_q, log_m).clamp_min(0.0)
+        q_log_ratio = log_q.exp() * (log_q - log_m)
+        value = q_log_ratio.sum(-1).clamp_min(0.0)
+        return value, q_log_ratio - self.skew * torch.exp(2 * log_q - log_m)
 
 
 def _xlogx(u: Tensor) -> Tensor:

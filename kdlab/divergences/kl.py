@@ -31,8 +31,13 @@ class SoftTargetCE(LogitDivergence):
     SinKD scripts (no T^2 there: ``t2=False``).
     """
 
+    fused = True
+
     def pointwise(self, log_q: Tensor, log_p: Tensor) -> Tensor:
         return -(log_p.exp() * log_q).sum(-1)
+
+    def grad_log_q(self, log_q: Tensor, log_p: Tensor) -> Tensor:
+        return -log_p.exp()
 
 
 @REGISTRY.register("kl")
@@ -43,8 +48,13 @@ class ForwardKL(LogitDivergence):
     1951; the usual KD divergence (Hinton et al. 2015 up to the teacher entropy).
     """
 
+    fused = True
+
     def pointwise(self, log_q: Tensor, log_p: Tensor) -> Tensor:
         return kl_terms(log_p, log_q).clamp_min(0.0)
+
+    def grad_log_q(self, log_q: Tensor, log_p: Tensor) -> Tensor:
+        return -log_p.exp()
 
 
 @REGISTRY.register("rkl")
@@ -55,8 +65,13 @@ class ReverseKL(LogitDivergence):
     distillation in MiniLLM (Gu et al. 2024).
     """
 
+    fused = True
+
     def pointwise(self, log_q: Tensor, log_p: Tensor) -> Tensor:
         return kl_terms(log_q, log_p).clamp_min(0.0)
+
+    def grad_log_q(self, log_q: Tensor, log_p: Tensor) -> Tensor:
+        return log_q.exp() * (log_q - log_p)
 
 
 @REGISTRY.register("skl")
@@ -66,5 +81,10 @@ class SymmetricKL(LogitDivergence):
     Jeffreys 1946. Every class contributes a non-negative term.
     """
 
+    fused = True
+
     def pointwise(self, log_q: Tensor, log_p: Tensor) -> Tensor:
         return ((log_p.exp() - log_q.exp()) * (log_p - log_q)).sum(-1)
+
+    def grad_log_q(self, log_q: Tensor, log_p: Tensor) -> Tensor:
+        return log_q.exp() * (log_q - log_p) - log_p.exp()
