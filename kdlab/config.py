@@ -40,12 +40,14 @@ class FinetuneConfig:
     warmup_ratio: float = 0.0
     max_grad_norm: float = 1.0
     max_train_samples: Optional[int] = None  # subsample the train split for fine-tuning
+    grad_accum: int = 1
     seed: int = 0
 
 
 @dataclass
 class TeacherConfig:
     name: str = MISSING  # registry name: "minilm" (embedded), "pretrained" (local dir or hub id)
+    family: str = "encoder"  # "encoder" | "seq2seq" | "causal"; the student has the same family
     path: Optional[str] = None  # local directory or hub id (for "pretrained")
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     # True: always fine-tune on the task (a checkpoint that already has a head of the
@@ -105,6 +107,7 @@ class DatasetConfig:
     # KDLAB_DATA_DIR environment variable; when neither is set, the Hugging Face hub.
     data_dir: Optional[str] = "${oc.env:KDLAB_DATA_DIR,null}"
     max_length: int = 128
+    truncation: str = "longest_first"  # sentence pairs: "longest_first" | "only_first" | "only_second"
     max_train_samples: Optional[int] = None
     max_eval_samples: Optional[int] = None
     stratified: bool = False  # subsample keeping the label proportions
@@ -116,6 +119,7 @@ class HardwareConfig:
     device: str = "cpu"  # "cpu" | "cuda"
     precision: str = "fp32"  # "fp32" | "bf16" | "fp16"
     num_threads: Optional[int] = None  # torch intra-op threads on CPU (None: torch default)
+    distributed: bool = False  # DDP across the processes started by torchrun / accelerate
 
 
 @dataclass
@@ -128,8 +132,20 @@ class TrainerConfig:
     weight_decay: float = 0.0
     warmup_ratio: float = 0.0
     max_grad_norm: float = 1.0
+    grad_accum: int = 1  # micro-batches per optimiser step (equal to a batch_size * grad_accum batch)
     log_every: int = 10
-    progress: bool = True
+    progress: bool = True  # false: no progress bar (CI)
+    # Evaluation on dev: "end" (last checkpoint only), "epoch", or "steps" (every eval_every).
+    eval_strategy: str = "end"
+    eval_every: int = 0
+    select: str = "last"  # "last" | "best" (by the task's main metric); both are reported
+    patience: int = 0  # early stopping after this many evaluations without improvement (0: off)
+    save_every: int = 0  # full-state checkpoint every N optimiser steps (0: none)
+    keep_last: int = 2
+    resume: Optional[str] = None  # "auto" (this run dir) or a previous run dir
+    on_nan: str = "stop"  # "stop" | "skip" (skip the step)
+    # Compute the teacher's logits on the train set once and reuse them (disk, memory-mapped).
+    cache_teacher_outputs: bool = True
     # Also train the student with cross-entropy only (no teacher), as a reference row.
     baseline_student: bool = False
 

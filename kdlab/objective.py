@@ -3,7 +3,8 @@
     loss = alpha * KD + (1 - alpha) * CE + divergence.weight * divergence + sum(extra terms)
 
 KD is Hinton's soft-target cross-entropy at ``objective.kd.temperature`` (optionally
-annealed to 1 and scaled by T^2). CE is cross-entropy on the labels (MSE for regression).
+annealed to 1 and scaled by T^2). CE is the model family's loss on gold labels
+(cross-entropy, MSE for regression, token cross-entropy on targets).
 Every distillation term is a module of ``kdlab.divergences``; all are computed in float32
 whatever the autocast dtype.
 """
@@ -14,11 +15,11 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 
 from kdlab import divergences
 from kdlab.config import Config
 from kdlab.errors import ConfigError
+from kdlab.families.base import Outputs
 
 NO_DIVERGENCE = "none"
 
@@ -37,14 +38,12 @@ class Objective(torch.nn.Module):
         self,
         ce_weight: float,
         terms: List[Term],
-        regression: bool,
         kd_anneal_from: Optional[float] = None,
     ) -> None:
         super().__init__()
         self.ce_weight = ce_weight
         self.terms = terms
         self._modules_list = torch.nn.ModuleList([t.module for t in terms])
-        self.regression = regression
         self.kd_anneal_from = kd_anneal_from
 
     @property
@@ -62,27 +61,23 @@ class Objective(torch.nn.Module):
 
     def forward(
         self,
-        student_logits: torch.Tensor,  # [B, C]
-        labels: torch.Tensor,  # [B] (long, or float for regression)
-        teacher_logits: Optional[torch.Tensor] = None,  # [B, C]
+        student: Outputs,  # logits [B, C] or [B, T, V]; mask None or [B, T]
+        supervised: torch.Tensor,  # the family's loss on gold labels (float32 scalar)
+        teacher: Optional[Outputs] = None,
     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        z_s = student_logits.float()
+        z_s = student.logits.float()
         parts: Dict[str, torch.Tensor] = {}
         total = z_s.new_zeros(())
         if self.ce_weight > 0:
-            if self.regression:
-                ce = F.mse_loss(z_s.squeeze(-1), labels.float())
-            else:
-                ce = F.cross_entropy(z_s, labels)
-            parts["ce"] = ce
-            total = total + self.ce_weight * ce
+            parts["ce"] = supervised
+            total = total + self.ce_weight * supervised
         if self.needs_teacher:
-            if teacher_logits is None:
-                raise ValueError("the objective has distillation terms but no teacher logits")
-            z_t = teacher_logits.float().detach()
+            if teacher is None:
+                raise ValueError("the objective has distillation terms but no teacher outputs")
+            z_t = teacher.logits.float().detach()
             for term in self.terms:
                 if term.weight > 0:
-                    value = term.module(z_s, z_t)
+                    value = term.module(z_s, z_t, mask=student.mask)
                     parts[term.name] = value
                     total = total + term.weight * value
         parts["loss"] = total
@@ -95,7 +90,7 @@ def check_weight(key: str, value: float, upper: Optional[float] = None) -> None:
         raise ConfigError(f"{key}={value}: must be {rng}")
 
 
-def build_objective(cfg: Config, regression: bool) -> Objective:
+def build_objective(cfg: Config) -> Objective:
     """Build the distillation objective of ``cfg`` (before any model is loaded)."""
     obj = cfg.objective
     check_weight("objective.alpha", obj.alpha, upper=1.0)
@@ -115,12 +110,12 @@ def build_objective(cfg: Config, regression: bool) -> Objective:
             raise ConfigError(f"objective.terms.{key}: the name {key!r} is already used by another term")
         terms.append(Term(key, term.weight, _build(f"objective.terms.{key}", term.name, dict(term.params))))
     anneal = obj.kd.temperature if obj.kd.anneal else None
-    return Objective(1.0 - obj.alpha, terms, regression, kd_anneal_from=anneal)
+    return Objective(1.0 - obj.alpha, terms, kd_anneal_from=anneal)
 
 
-def fine_tune_objective(regression: bool) -> Objective:
-    """Plain supervised training: cross-entropy (or MSE) only."""
-    return Objective(1.0, [], regression)
+def fine_tune_objective() -> Objective:
+    """Plain supervised training: the family's loss on gold labels only."""
+    return Objective(1.0, [])
 
 
 def _build(key: str, name: str, params: dict) -> torch.nn.Module:

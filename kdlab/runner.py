@@ -5,14 +5,14 @@ write ``results.json``.
 
 ``results.json`` is a contract read by other tools; its keys are ``task``, ``metric``,
 ``teacher`` and ``student`` (each ``{"name", "params", "dev": {metric: value}}``),
-``divergence``, ``seed``, ``steps``, ``wall_seconds`` and ``config``. Extra keys
-(``majority``, ``baseline_student``) extend it.
+``divergence``, ``seed``, ``steps``, ``wall_seconds`` and ``config``. Extensions:
+``student.dev_last`` / ``student.dev_best`` (last checkpoint / per-metric maximum over
+evaluations), ``student.evaluations``, ``majority``, ``baseline_student``, ``meta``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -23,97 +23,62 @@ import transformers
 from omegaconf import OmegaConf
 from transformers import set_seed
 
-from kdlab import teacher_cache
-from kdlab.batching import EncodedDataset, loader
+from kdlab import checkpoint, distributed, teacher_cache, teacher_outputs
+from kdlab.batching import loader
 from kdlab.config import Config
 from kdlab.data import compute_metrics, get_task, load_split
-from kdlab.errors import ConfigError
+from kdlab.families import get_family
+from kdlab.metadata import config_for_resume, run_metadata
 from kdlab.models import STUDENTS, TEACHERS, Loaded, count_params
 from kdlab.objective import build_objective, fine_tune_objective
-from kdlab.tracking import RESULTS_FILE, Tracker, write_json_atomic
-from kdlab.trainer import PRECISIONS, LoopSettings, predict, train
+from kdlab.report import format_table
+from kdlab.tracking import RESULTS_FILE, NullTracker, Tracker, write_json_atomic
+from kdlab.trainer import LoopResult, LoopSettings, train
+from kdlab.validation import check_pair, validate
 
 log = logging.getLogger(__name__)
 
-DEVICES = ("cpu", "cuda")
-BAD_ROW_POLICIES = ("error", "skip")
 
-
-def _positive(key: str, value: float) -> None:
-    if not value > 0:
-        raise ConfigError(f"{key}={value}: must be > 0")
-
-
-def validate(cfg: Config) -> None:
-    """Check every value that the schema's types cannot, before any work."""
-    get_task(cfg.dataset.name)
-    TEACHERS.get(cfg.teacher.name)
-    STUDENTS.get(cfg.student.name)
-    if cfg.hardware.device not in DEVICES:
-        raise ConfigError(f"hardware.device={cfg.hardware.device!r}: valid devices are {', '.join(DEVICES)}")
-    if cfg.hardware.precision not in PRECISIONS:
-        raise ConfigError(
-            f"hardware.precision={cfg.hardware.precision!r}: valid values are {', '.join(PRECISIONS)}"
-        )
-    if cfg.hardware.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("hardware=cuda but this machine has no CUDA device; use hardware=cpu")
-    if cfg.dataset.on_bad_row not in BAD_ROW_POLICIES:
-        raise ConfigError(
-            f"dataset.on_bad_row={cfg.dataset.on_bad_row!r}: valid values are {', '.join(BAD_ROW_POLICIES)}"
-        )
-    _positive("dataset.max_length", cfg.dataset.max_length)
-    for node in ("trainer", "teacher.finetune"):
-        loop = OmegaConf.select(cfg, node)
-        _positive(f"{node}.batch_size", loop.batch_size)
-        _positive(f"{node}.lr", loop.lr)
-        if loop.max_steps <= 0:
-            _positive(f"{node}.epochs", loop.epochs)
-        if not 0 <= loop.warmup_ratio < 1:
-            raise ConfigError(f"{node}.warmup_ratio={loop.warmup_ratio}: must be in [0, 1)")
-
-
-def loop_settings(node: Any, trainer: Any) -> LoopSettings:
+def loop_settings(node: Any, trainer: Any, seed: int) -> LoopSettings:
+    """Loop settings from ``trainer`` or ``teacher.finetune`` (which has no eval/ckpt keys)."""
+    keys = ("eval_strategy", "eval_every", "select", "patience", "save_every", "keep_last", "on_nan")
+    extra = {k: getattr(node, k) for k in keys if k in node}
     return LoopSettings(
-        epochs=node.epochs,
-        max_steps=node.max_steps,
-        lr=node.lr,
-        weight_decay=node.weight_decay,
-        warmup_ratio=node.warmup_ratio,
-        max_grad_norm=node.max_grad_norm,
-        log_every=trainer.log_every,
-        progress=trainer.progress,
+        epochs=node.epochs, max_steps=node.max_steps, batch_size=node.batch_size, lr=node.lr,
+        weight_decay=node.weight_decay, warmup_ratio=node.warmup_ratio,
+        max_grad_norm=node.max_grad_norm, grad_accum=node.grad_accum, log_every=trainer.log_every,
+        progress=trainer.progress, seed=seed, **extra,
     )
 
 
 class Experiment:
-    """One run: holds the resolved config, the task, the device and the tracker."""
+    """One run: the resolved config, the task, its model family, the device and the tracker."""
 
-    def __init__(self, cfg: Config, tracker: Tracker) -> None:
+    def __init__(self, cfg: Config, tracker: Tracker, device: torch.device) -> None:
         self.cfg = cfg
         self.task = get_task(cfg.dataset.name)
-        self.device = torch.device(cfg.hardware.device)
+        self.family = get_family(cfg.teacher.family)
+        self.device = device
         self.tracker = tracker
-        self.steps = 0
+        self.precision = cfg.hardware.precision
 
     # -- data ---------------------------------------------------------------------------
     def examples(self, split: str, max_samples: Optional[int], seed: int) -> List[Any]:
         d = self.cfg.dataset
-        return load_split(
-            self.task.name, split, data_dir=d.data_dir, max_samples=max_samples, seed=seed,
-            stratified=d.stratified, on_bad_row=d.on_bad_row,
-        )
+        return load_split(self.task.name, split, data_dir=d.data_dir, max_samples=max_samples, seed=seed,
+                          stratified=d.stratified, on_bad_row=d.on_bad_row)
 
-    def encode(self, tokenizer: Any, examples: List[Any]) -> EncodedDataset:
-        return EncodedDataset(tokenizer, examples, self.cfg.dataset.max_length, self.task.is_regression)
+    def encode(self, tokenizer: Any, examples: List[Any]) -> Any:
+        return self.family.dataset(tokenizer, examples, self.task, self.cfg.dataset,
+                                   cache_dir=str(Path(self.cfg.cache_dir) / "tokenized"))
 
-    def evaluate(self, model: torch.nn.Module, evals: Dict[str, EncodedDataset]) -> Dict[str, float]:
+    def evaluate(self, model: torch.nn.Module, evals: Dict[str, Any]) -> Dict[str, float]:
         """Official metrics on each eval split; the first split's keys are unprefixed."""
         out: Dict[str, float] = {}
         for i, (split, ds) in enumerate(evals.items()):
-            logits = predict(model, loader(ds, self.cfg.trainer.eval_batch_size, shuffle=False),
-                             self.device, self.cfg.hardware.precision)
-            preds = logits[:, 0] if self.task.is_regression else logits.argmax(-1)
-            metrics = compute_metrics(self.task.name, preds, ds.labels.numpy())
+            preds = self.family.predictions(model, loader(ds, self.cfg.trainer.eval_batch_size),
+                                            self.device, self.precision)
+            metrics = compute_metrics(self.task.name, preds, np.asarray(ds.labels), groups=getattr(ds, "groups", None))
             out.update({(k if i == 0 else f"{split}/{k}"): float(v) for k, v in metrics.items()})
         return out
 
@@ -121,11 +86,11 @@ class Experiment:
     def teacher(self) -> Loaded:
         """The teacher with a task head: loaded, or fine-tuned once and cached on disk."""
         tcfg = self.cfg.teacher
-        loaded = TEACHERS.get(tcfg.name)(tcfg, self.task.num_labels, self.cfg.cache_dir)
+        loaded = TEACHERS.get(tcfg.name)(tcfg, self.task.num_labels, self.cfg.cache_dir, self.family)
         if loaded.has_task_head and not tcfg.force_finetune:
             return loaded
         key = teacher_cache.key(loaded.source, self.task.name, tcfg.finetune, self.cfg.dataset.max_length)
-        cached = teacher_cache.load(self.cfg.cache_dir, key, self.task.num_labels)
+        cached = teacher_cache.load(self.cfg.cache_dir, key, self.task.num_labels, self.family)
         if cached is not None:
             log.info("using cached fine-tuned teacher %s", cached.source)
             return cached
@@ -133,50 +98,64 @@ class Experiment:
         log.info("fine-tuning teacher %s on %s (cache key %s)", tcfg.name, self.task.name, key)
         set_seed(ft.seed)
         train_ds = self.encode(loaded.tokenizer, self.examples("train", ft.max_train_samples, ft.seed))
-        train(
-            loaded.model, loader(train_ds, ft.batch_size, shuffle=True, seed=ft.seed),
-            fine_tune_objective(self.task.is_regression), loop_settings(ft, self.cfg.trainer),
-            self.tracker, "teacher_finetune", self.device, self.cfg.hardware.precision,
-        )
+        train(loaded.model, train_ds, self.family, fine_tune_objective(),
+              loop_settings(ft, self.cfg.trainer, ft.seed), self.tracker, "teacher_finetune",
+              self.device, self.precision)
         return teacher_cache.save(self.cfg.cache_dir, key, loaded, {"task": self.task.name, "teacher": tcfg.name})
 
-    def student(self, teacher: Loaded) -> Loaded:
-        scfg = self.cfg.student
-        student = STUDENTS.get(scfg.name)(scfg, teacher, self.task.num_labels)
-        check_pair(teacher, student, self.task.num_labels)
-        return student
+    def teacher_outputs(self, teacher: Loaded, teacher_hash: str, train_ds: Any, example_ids: List[int]):
+        """The teacher's outputs per batch: read from the on-disk cache, or computed live."""
+        live = teacher_outputs.LiveTeacher(teacher.model, self.family, self.device, self.precision)
+        if not self.cfg.trainer.cache_teacher_outputs or self.family.name != "encoder":
+            return live
+        key = teacher_outputs.cache_key(
+            teacher_hash, teacher.tokenizer, self.task.name, "train",
+            example_ids, {"max_length": self.cfg.dataset.max_length, "precision": self.precision},
+        )
+        path = Path(self.cfg.cache_dir) / "teacher_outputs" / f"{key}.npy"
+        logits = teacher_outputs.cached(path, lambda: teacher_outputs.compute(
+            teacher.model, train_ds, self.family, self.device, self.precision, self.cfg.trainer.eval_batch_size))
+        return teacher_outputs.CachedTeacher(logits)
 
-    def fit_student(self, teacher: Loaded, train_ds: EncodedDataset, distil: bool, phase: str) -> Loaded:
+    def fit_student(self, teacher: Loaded, train_ds: Any, evals: Dict[str, Any], phase: str,
+                    outputs: Any = None, resume_dir: Optional[Path] = None,
+                    meta: Optional[Dict[str, Any]] = None) -> tuple[Loaded, LoopResult]:
         set_seed(self.cfg.seed)
-        student = self.student(teacher)
-        objective = (
-            build_objective(self.cfg, self.task.is_regression) if distil
-            else fine_tune_objective(self.task.is_regression)
+        student = STUDENTS.get(self.cfg.student.name)(self.cfg.student, teacher, self.task.num_labels, self.family)
+        check_pair(teacher, student, self.task.num_labels)
+        objective = build_objective(self.cfg) if outputs is not None else fine_tune_objective()
+        ckpt_dir = Path(self.cfg.output_dir) / "checkpoints" / phase
+        if resume_dir is not None and resume_dir != Path(self.cfg.output_dir):
+            _copy_checkpoints(resume_dir / "checkpoints" / phase, ckpt_dir)
+        result = train(
+            student.model, train_ds, self.family, objective,
+            loop_settings(self.cfg.trainer, self.cfg.trainer, self.cfg.seed), self.tracker, phase,
+            self.device, self.precision, teacher_outputs=outputs,
+            evaluate=lambda m: self.evaluate(m, evals), metric=self.task.metric,
+            checkpoint_dir=ckpt_dir, resume=resume_dir is not None, meta=meta,
         )
-        self.steps = train(
-            student.model, loader(train_ds, self.cfg.trainer.batch_size, shuffle=True, seed=self.cfg.seed),
-            objective, loop_settings(self.cfg.trainer, self.cfg.trainer), self.tracker, phase,
-            self.device, self.cfg.hardware.precision, teacher=teacher.model if distil else None,
-        )
-        return student
+        return student, result
 
 
-def check_pair(teacher: Loaded, student: Loaded, num_labels: int) -> None:
-    """Reject a teacher/student pair whose outputs cannot be compared."""
-    t_labels = teacher.model.config.num_labels
-    s_labels = student.model.config.num_labels
-    if t_labels != s_labels or t_labels != num_labels:
-        raise ConfigError(
-            f"incompatible teacher/student pair: teacher has {t_labels} labels, student "
-            f"{s_labels}, task {num_labels}. Use models trained for this task."
-        )
-    t_vocab = getattr(teacher.model.config, "vocab_size", None)
-    s_vocab = getattr(student.model.config, "vocab_size", None)
-    if t_vocab != s_vocab:
-        raise ConfigError(
-            f"incompatible teacher/student pair: vocabularies of {t_vocab} and {s_vocab} tokens. "
-            "Teacher and student must share a tokenizer."
-        )
+def _copy_checkpoints(src: Path, dst: Path) -> None:
+    """Resuming from another run dir: continue its newest checkpoints in this run's dir."""
+    import shutil
+
+    for path in checkpoint.list_checkpoints(src)[-2:]:
+        if not (dst / path.name).exists():
+            shutil.copytree(path, dst / path.name)
+
+
+def summarise(result: LoopResult, select: str) -> Dict[str, Any]:
+    """``dev`` (the selected checkpoint), ``dev_last`` and ``dev_best`` (per-metric max)."""
+    evals = result.evaluations
+    last = evals[-1]["metrics"]
+    best = {k: max(e["metrics"][k] for e in evals if k in e["metrics"]) for k in last}
+    chosen = last
+    if select == "best" and result.best_step is not None:
+        chosen = next(e["metrics"] for e in evals if e["step"] == result.best_step)
+    return {"dev": chosen, "dev_last": last, "dev_best": best, "evaluations": len(evals),
+            "best_step": result.best_step}
 
 
 def majority_metrics(task_name: str, train_labels: np.ndarray, eval_labels: np.ndarray) -> Dict[str, float]:
@@ -185,72 +164,89 @@ def majority_metrics(task_name: str, train_labels: np.ndarray, eval_labels: np.n
     return {k: float(v) for k, v in compute_metrics(task_name, preds, eval_labels).items()}
 
 
+def resume_dir(cfg: Config) -> Optional[Path]:
+    if not cfg.trainer.resume:
+        return None
+    path = Path(cfg.output_dir) if cfg.trainer.resume == "auto" else Path(cfg.trainer.resume)
+    if cfg.trainer.resume != "auto" and not (path / "checkpoints").is_dir():
+        from kdlab.errors import ConfigError
+
+        raise ConfigError(f"trainer.resume={cfg.trainer.resume!r}: no checkpoints/ directory there "
+                          "(give the run directory of a run with trainer.save_every > 0, or 'auto')")
+    return path
+
+
+def wandb_id(path: Optional[Path]) -> Optional[str]:
+    """The W&B run id recorded by the newest checkpoint under ``path``, to continue that run."""
+    if path is None:
+        return None
+    for phase_dir in sorted((path / "checkpoints").glob("*")):
+        for ckpt in reversed(checkpoint.list_checkpoints(phase_dir)):
+            meta = checkpoint.read_meta(ckpt)
+            if meta and meta.get("wandb_id"):
+                return meta["wandb_id"]
+    return None
+
+
 def run(cfg: Config) -> Dict[str, Any]:
     """Run the experiment of ``cfg``; returns the contents of ``results.json``."""
     start = time.perf_counter()
     validate(cfg)
-    task = get_task(cfg.dataset.name)
-    build_objective(cfg, task.is_regression)  # fail on bad divergence settings before loading
+    build_objective(cfg)  # fail on bad divergence settings before loading anything
     transformers.logging.set_verbosity_error()  # load reports of fresh heads are expected here
     transformers.logging.disable_progress_bar()
     if cfg.hardware.num_threads:
         torch.set_num_threads(cfg.hardware.num_threads)
+    device = distributed.init(cfg.hardware.device) if cfg.hardware.distributed else torch.device(cfg.hardware.device)
+    task = get_task(cfg.dataset.name)
     out_dir = Path(cfg.output_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    tracker = Tracker(cfg.logger, out_dir, resolved, name=cfg.experiment_name)
+    resume_from = resume_dir(cfg)
+    if distributed.is_main():
+        tracker: Tracker = Tracker(cfg.logger, out_dir, resolved, name=cfg.experiment_name,
+                                   group=cfg.logger.group or cfg.experiment_name, run_id=wandb_id(resume_from))
+    else:
+        tracker = NullTracker()
     exit_code = 1
     try:
-        exp = Experiment(cfg, tracker)
+        exp = Experiment(cfg, tracker, device)
         # Data first: a missing or malformed file fails before any model is loaded.
         train_examples = exp.examples("train", cfg.dataset.max_train_samples, cfg.seed)
         eval_examples = {s: exp.examples(s, cfg.dataset.max_eval_samples, cfg.seed) for s in task.eval_splits}
         teacher = exp.teacher()
         train_ds = exp.encode(teacher.tokenizer, train_examples)
         evals = {split: exp.encode(teacher.tokenizer, ex) for split, ex in eval_examples.items()}
+        teacher_hash = teacher_outputs.weights_hash(teacher.model)
+        meta = run_metadata(train_examples, teacher_hash)
+        tracker.summary({"meta": meta})
+        ckpt_meta = {"config": config_for_resume(resolved), "wandb_id": tracker.run_id}
         results: Dict[str, Any] = {"task": task.name, "metric": task.metric}
         results["teacher"] = {"name": cfg.teacher.name, "params": count_params(teacher.model),
                               "dev": exp.evaluate(teacher.model, evals)}
         if not task.is_regression:
             first = next(iter(evals.values()))
-            results["majority"] = {"dev": majority_metrics(task.name, train_ds.labels.numpy(), first.labels.numpy())}
+            results["majority"] = {"dev": majority_metrics(task.name, np.asarray(train_ds.labels),
+                                                           np.asarray(first.labels))}
         if cfg.trainer.baseline_student:
-            base = exp.fit_student(teacher, train_ds, distil=False, phase="student_baseline")
+            base, base_result = exp.fit_student(teacher, train_ds, evals, "student_baseline",
+                                                resume_dir=resume_from, meta=ckpt_meta)
             results["baseline_student"] = {"name": cfg.student.name, "params": count_params(base.model),
-                                           "dev": exp.evaluate(base.model, evals)}
-        student = exp.fit_student(teacher, train_ds, distil=True, phase="student")
+                                           **summarise(base_result, cfg.trainer.select)}
+        outputs = exp.teacher_outputs(teacher, teacher_hash, train_ds, [ex.idx for ex in train_examples])
+        student, result = exp.fit_student(teacher, train_ds, evals, "student", outputs=outputs,
+                                          resume_dir=resume_from, meta=ckpt_meta)
         results["student"] = {"name": cfg.student.name, "params": count_params(student.model),
-                              "dev": exp.evaluate(student.model, evals)}
-        results.update(divergence=cfg.divergence.name, seed=cfg.seed, steps=exp.steps,
-                       wall_seconds=round(time.perf_counter() - start, 2), config=resolved)
-        tracker.log({f"dev/{who}/{k}": v for who in ("teacher", "student")
-                     for k, v in results[who]["dev"].items()})
-        tracker.summary({"dev_student": results["student"]["dev"], "dev_teacher": results["teacher"]["dev"]})
-        write_json_atomic(out_dir / RESULTS_FILE, results)
-        print(format_table(results))
+                              **summarise(result, cfg.trainer.select)}
+        results.update(divergence=cfg.divergence.name, seed=cfg.seed, steps=result.steps,
+                       wall_seconds=round(time.perf_counter() - start, 2), config=resolved, meta=meta)
+        if distributed.is_main():
+            tracker.log({f"dev/{who}/{k}": v for who in ("teacher", "student")
+                         for k, v in results[who]["dev"].items()})
+            tracker.summary({"dev_student": results["student"]["dev"], "dev_teacher": results["teacher"]["dev"]})
+            write_json_atomic(out_dir / RESULTS_FILE, results)
+            print(format_table(results))
         exit_code = 0
         return results
     finally:
         tracker.finish(exit_code)
-
-
-def format_table(results: Dict[str, Any]) -> str:
-    """A short table: one row per model, the task's metrics as columns."""
-    metric = results["metric"]
-    cols = [metric] + [k for k in results["teacher"]["dev"] if k != metric]
-    rows = [("majority class", None, results.get("majority", {}).get("dev", {})),
-            (f"teacher ({results['teacher']['name']})", results["teacher"]["params"], results["teacher"]["dev"])]
-    if "baseline_student" in results:
-        b = results["baseline_student"]
-        rows.append(("student, no distillation", b["params"], b["dev"]))
-    s = results["student"]
-    rows.append((f"student, distilled ({results['divergence']})", s["params"], s["dev"]))
-    width = max(len(r[0]) for r in rows) + 2
-    lines = [f"{results['task']}  (dev; main metric: {metric})",
-             f"{'model':<{width}}{'params':>10}" + "".join(f"{c:>24}" for c in cols)]
-    for name, params, dev in rows:
-        if not dev:
-            continue
-        p = f"{params / 1e6:.1f}M" if params else "-"
-        lines.append(f"{name:<{width}}{p:>10}" + "".join(
-            f"{dev[c]:>24.4f}" if c in dev else f"{'-':>24}" for c in cols))
-    return os.linesep.join(lines)
+        distributed.shutdown()

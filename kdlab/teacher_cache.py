@@ -17,13 +17,14 @@ from typing import Any, Dict, Optional
 
 from omegaconf import OmegaConf
 
+from kdlab.families.base import Family
 from kdlab.models import Loaded
-from kdlab.models.hf import load_classifier
 
 MARKER = "kdlab_teacher.json"
 
 
 def key(source: str, task: str, finetune: Any, max_length: int) -> str:
+    """The cache key of a fine-tuned teacher: (weights source, task, recipe)."""
     recipe = OmegaConf.to_container(finetune, resolve=True) if OmegaConf.is_config(finetune) else dict(finetune)
     blob = json.dumps({"model": source, "task": task, "recipe": recipe, "max_length": max_length},
                       sort_keys=True)
@@ -35,11 +36,11 @@ def entry(cache_dir: str, k: str) -> Path:
     return Path(cache_dir) / "teachers" / k
 
 
-def load(cache_dir: str, k: str, num_labels: int) -> Optional[Loaded]:
+def load(cache_dir: str, k: str, num_labels: int, family: Family) -> Optional[Loaded]:
     path = entry(cache_dir, k)
     if not (path / MARKER).exists():
         return None
-    return load_classifier(str(path), num_labels, key="cached teacher")
+    return family.load(str(path), num_labels, key="cached teacher")
 
 
 def save(cache_dir: str, k: str, loaded: Loaded, meta: Dict[str, Any]) -> Loaded:

@@ -50,6 +50,8 @@ class Tracker:
         run_dir: str | os.PathLike,
         config: Mapping[str, Any],
         name: Optional[str] = None,
+        group: Optional[str] = None,
+        run_id: Optional[str] = None,
     ) -> None:
         if cfg.backend not in BACKENDS:
             raise ConfigError(f"logger.backend={cfg.backend!r}: valid backends are {', '.join(BACKENDS)}")
@@ -65,7 +67,10 @@ class Tracker:
             self._wandb = wandb.init(
                 project=cfg.project,
                 entity=cfg.entity,
-                group=cfg.group,
+                group=group or cfg.group,
+                job_type=_sweep_job_type(),
+                id=run_id,
+                resume="allow" if run_id else None,
                 tags=list(cfg.tags),
                 name=name,
                 mode=mode,
@@ -75,8 +80,8 @@ class Tracker:
             )
 
     @property
-    def wandb_dir(self) -> Optional[str]:
-        return None if self._wandb is None else self._wandb.dir
+    def run_id(self) -> Optional[str]:
+        return None if self._wandb is None else self._wandb.id
 
     def log(self, metrics: Mapping[str, Any], step: Optional[int] = None) -> None:
         """Log ``metrics``; ``step`` defaults to one past the last logged step."""
@@ -98,6 +103,34 @@ class Tracker:
         if self._wandb is not None:
             self._wandb.finish(exit_code=exit_code)
             self._wandb = None
+
+
+class NullTracker(Tracker):
+    """The tracker of non-zero ranks: logs nothing."""
+
+    def __init__(self) -> None:
+        self.step = 0
+        self._wandb = None
+
+    def log(self, metrics: Mapping[str, Any], step: Optional[int] = None) -> None:
+        pass
+
+    def summary(self, values: Mapping[str, Any]) -> None:
+        pass
+
+    def finish(self, exit_code: int = 0) -> None:
+        pass
+
+
+def _sweep_job_type() -> Optional[str]:
+    """Under Hydra multirun, runs of one sweep share a job type (the sweep directory)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+        return f"sweep:{hc.sweep.dir}" if hc.mode and hc.mode.name == "MULTIRUN" else None
+    except (ImportError, ValueError):
+        return None
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:

@@ -6,7 +6,8 @@ from omegaconf import OmegaConf
 
 from kdlab.errors import ConfigError, DataError
 from kdlab.objective import build_objective
-from kdlab.runner import run, validate
+from kdlab.runner import run
+from kdlab.validation import validate
 from tests.conftest import compose_config
 
 
@@ -58,16 +59,16 @@ def test_validation_names_key_value_and_choices(overrides, pattern):
     cfg = compose_config(["output_dir=/tmp/x", *overrides])
     with pytest.raises(ConfigError, match=pattern):
         validate(cfg)
-        build_objective(cfg, regression=False)
+        build_objective(cfg)
 
 
 def test_divergence_parameters_checked_at_build():
     cfg = compose_config(["output_dir=/tmp/x", "+divergence.params.epsilonn=0.1"])
     with pytest.raises(ConfigError, match="epsilonn"):
-        build_objective(cfg, regression=False)
+        build_objective(cfg)
     cfg = compose_config(["output_dir=/tmp/x", "divergence.params.temperature=-2"])
     with pytest.raises(ConfigError, match="temperature"):
-        build_objective(cfg, regression=False)
+        build_objective(cfg)
 
 
 def test_data_dir_without_the_task_names_the_file(tmp_path, cache_dir):

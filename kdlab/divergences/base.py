@@ -138,6 +138,11 @@ def reduce(values: Tensor, n_rows: int, reduction: str) -> Tensor:
     return values.sum() / max(values.numel(), 1)
 
 
+# Rows are processed in blocks of about this many elements, so that the temporaries of
+# the elementwise passes stay in cache instead of streaming [N, V] tensors through memory.
+FUSED_BLOCK = 1 << 19
+
+
 class _FusedPointwise(torch.autograd.Function):
     """Per-position values of a softmax divergence with a hand-written gradient.
 
@@ -147,18 +152,30 @@ class _FusedPointwise(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, s: Tensor, t: Tensor, div: LogitDivergence) -> Tensor:  # type: ignore[override]
-        log_q, log_p = div.prepare(s, t)
-        values, h = div.value_and_grad(log_q, log_p)
-        ctx.save_for_backward(log_q, h)
+        N, C = s.shape
+        rows = max(1, FUSED_BLOCK // max(C, 1))
+        values = s.new_empty(N)
+        log_q_all = torch.empty_like(s)
+        h_all = torch.empty_like(s)
+        for i in range(0, N, rows):
+            log_q, log_p = div.prepare(s[i : i + rows], t[i : i + rows])
+            values[i : i + rows], h_all[i : i + rows] = div.value_and_grad(log_q, log_p)
+            log_q_all[i : i + rows] = log_q
+        ctx.save_for_backward(log_q_all, h_all)
         ctx.temperature = div.temperature
         return values
 
     @staticmethod
     def backward(ctx, grad_values: Tensor):  # type: ignore[override]
-        log_q, h = ctx.saved_tensors
-        grad = h - log_q.exp() * h.sum(-1, keepdim=True)
-        grad = grad * (grad_values[:, None] / ctx.temperature)
-        return grad, None, None
+        log_q_all, h_all = ctx.saved_tensors
+        N, C = h_all.shape
+        rows = max(1, FUSED_BLOCK // max(C, 1))
+        scale = grad_values / ctx.temperature
+        for i in range(0, N, rows):  # in place: h_all becomes the gradient
+            h = h_all[i : i + rows]
+            h.sub_(log_q_all[i : i + rows].exp() * h.sum(-1, keepdim=True))
+            h.mul_(scale[i : i + rows, None])
+        return h_all, None, None
 
 
 class LogitDivergence(torch.nn.Module):

@@ -7,12 +7,11 @@ import copy
 from typing import List
 
 import torch
-from transformers import AutoModelForSequenceClassification
 
 from kdlab.config import StudentConfig
 from kdlab.errors import ConfigError
+from kdlab.families.base import Family
 from kdlab.models import STUDENTS, Loaded
-from kdlab.models.hf import load_classifier
 
 # Config attributes that hold the number of transformer blocks, by architecture family.
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
@@ -59,7 +58,7 @@ def take_layers(model: torch.nn.Module, layers: List[int]) -> torch.nn.Module:
 
 
 @STUDENTS.register("from_teacher")
-def from_teacher(cfg: StudentConfig, teacher: Loaded, num_labels: int) -> Loaded:
+def from_teacher(cfg: StudentConfig, teacher: Loaded, num_labels: int, family: Family) -> Loaded:
     """Keep ``student.layers`` of the (fine-tuned) teacher: embeddings, head and the chosen
     blocks start from the teacher's weights, as DistilBERT / PKD initialise students."""
     if cfg.layers is None:
@@ -69,7 +68,7 @@ def from_teacher(cfg: StudentConfig, teacher: Loaded, num_labels: int) -> Loaded
 
 
 @STUDENTS.register("shrunk")
-def shrunk(cfg: StudentConfig, teacher: Loaded, num_labels: int) -> Loaded:
+def shrunk(cfg: StudentConfig, teacher: Loaded, num_labels: int, family: Family) -> Loaded:
     """The teacher's architecture with ``student.overrides`` applied, randomly initialised."""
     config = copy.deepcopy(teacher.model.config)
     unknown = sorted(k for k in cfg.overrides if not hasattr(config, k))
@@ -81,15 +80,15 @@ def shrunk(cfg: StudentConfig, teacher: Loaded, num_labels: int) -> Loaded:
         setattr(config, k, v)
     config.num_labels = num_labels
     try:
-        model = AutoModelForSequenceClassification.from_config(config)
+        model = family.from_config(config)
     except (ValueError, AssertionError) as e:
         raise ConfigError(f"student.overrides={dict(cfg.overrides)} give an invalid model: {e}") from None
     return Loaded(model, teacher.tokenizer, f"shrunk:{dict(cfg.overrides)}", has_task_head=False)
 
 
 @STUDENTS.register("pretrained")
-def pretrained(cfg: StudentConfig, teacher: Loaded, num_labels: int) -> Loaded:
+def pretrained(cfg: StudentConfig, teacher: Loaded, num_labels: int, family: Family) -> Loaded:
     """A student checkpoint from ``student.path`` (local directory or hub id)."""
     if not cfg.path:
         raise ConfigError("student=pretrained needs student.path=<local dir or hub id>")
-    return load_classifier(cfg.path, num_labels, key="student.path")
+    return family.load(cfg.path, num_labels, key="student.path")

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 from kdlab.config import TeacherConfig
 from kdlab.errors import ConfigError
+from kdlab.families.base import Family
 from kdlab.models import TEACHERS, Loaded
-from kdlab.models.hf import load_classifier
 from kdlab.models.minilm import minilm_path
 
 
 @TEACHERS.register("minilm")
-def minilm(cfg: TeacherConfig, num_labels: int, cache_dir: str) -> Loaded:
+def minilm(cfg: TeacherConfig, num_labels: int, cache_dir: str, family: Family) -> Loaded:
     """The embedded MiniLM-L6 encoder (no task head: it is fine-tuned on the task first)."""
-    return load_classifier(str(minilm_path(cache_dir)), num_labels, key="teacher=minilm")
+    if family.name != "encoder":
+        raise ConfigError(f"teacher=minilm is an encoder; teacher.family={family.name!r} needs another teacher")
+    return family.load(str(minilm_path(cache_dir)), num_labels, key="teacher=minilm")
 
 
 @TEACHERS.register("pretrained")
-def pretrained(cfg: TeacherConfig, num_labels: int, cache_dir: str) -> Loaded:
+def pretrained(cfg: TeacherConfig, num_labels: int, cache_dir: str, family: Family) -> Loaded:
     """A checkpoint from ``teacher.path``: a local directory or a hub id."""
     if not cfg.path:
         raise ConfigError("teacher=pretrained needs teacher.path=<local dir or hub id>")
-    return load_classifier(cfg.path, num_labels, key="teacher.path", reinit_head=cfg.force_finetune)
+    return family.load(cfg.path, num_labels, key="teacher.path", reinit_head=cfg.force_finetune)

@@ -1,0 +1,62 @@
+"""Encoder family (BERT-style): a classification or regression head, ``[B, C]`` logits."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForSequenceClassification
+
+from kdlab.batching import EncodedDataset
+from kdlab.errors import ConfigError
+from kdlab.families import FAMILIES
+from kdlab.families.base import Batch, Family, Outputs
+from kdlab.models.hf import load_classifier
+from kdlab.precision import autocast
+
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@FAMILIES.register("encoder")
+class EncoderFamily(Family):
+    name = "encoder"
+
+    def load(self, path: str, num_labels: int, key: str, reinit_head: bool = False) -> Any:
+        return load_classifier(path, num_labels, key=key, reinit_head=reinit_head)
+
+    def from_config(self, config: Any) -> torch.nn.Module:
+        return AutoModelForSequenceClassification.from_config(config)
+
+    def dataset(self, tokenizer: Any, examples: Sequence[Any], task: Any, dataset_cfg: Any,
+                cache_dir: Optional[str] = None) -> EncodedDataset:
+        if task.kind not in ("classification", "regression"):
+            raise ConfigError(
+                f"dataset={task.name} is a {task.kind} task; an encoder classifier cannot score it. "
+                "Use teacher.family=seq2seq or causal (rank classification)"
+            )
+        return EncodedDataset(tokenizer, examples, dataset_cfg.max_length, task.is_regression, cache_dir,
+                              truncation=dataset_cfg.truncation)
+
+    def forward(self, model: torch.nn.Module, batch: Batch) -> Outputs:
+        return Outputs(model(**{k: batch[k] for k in INPUTS if k in batch}).logits)  # [B, C]
+
+    def supervised_loss(self, out: Outputs, batch: Batch) -> torch.Tensor:
+        z = out.logits.float()
+        labels = batch["labels"]
+        if labels.is_floating_point():  # regression (STS-B): one output, MSE
+            return F.mse_loss(z.squeeze(-1), labels)
+        return F.cross_entropy(z, labels)
+
+    @torch.no_grad()
+    def predictions(self, model: torch.nn.Module, loader: Any, device: torch.device,
+                    precision: str) -> np.ndarray:
+        model.to(device).eval()
+        out = []
+        for batch in loader:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with autocast(device, precision):
+                logits = self.forward(model, batch).logits.float()  # [B, C]
+            out.append((logits[:, 0] if logits.shape[-1] == 1 else logits.argmax(-1)).cpu().numpy())
+        return np.concatenate(out)

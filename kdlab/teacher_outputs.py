@@ -1,0 +1,104 @@
+"""Teacher outputs computed once, stored memory-mapped on disk, shared by every run.
+
+The teacher is frozen during distillation, so its logits on the training set are a pure
+function of (teacher weights, tokenizer, dataset, split, preprocessing). They are computed
+in one pass and saved as ``<cache_dir>/teacher_outputs/<key>.npy`` (float32 ``[N, C]``),
+then read by row index for each shuffled batch; every epoch, run and sweep member with the
+same key reuses them. Any change in the key's parts gives a new file.
+
+Only classification-sized outputs (``[N, C]``) are cached; token-level ``[N, T, V]``
+logits are computed live.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Dict, Sequence
+
+import numpy as np
+import torch
+
+from kdlab import distributed
+from kdlab.families.base import Family, Outputs
+from kdlab.precision import autocast
+
+log = logging.getLogger(__name__)
+
+
+def weights_hash(model: torch.nn.Module) -> str:
+    """sha256 over the model's parameters and buffers (names, shapes and bytes)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def cache_key(teacher_hash: str, tokenizer: Any, task: str, split: str, example_ids: Sequence[int],
+              preprocessing: Dict[str, Any]) -> str:
+    from datasets.fingerprint import Hasher
+
+    blob = json.dumps({
+        "teacher": teacher_hash, "tokenizer": Hasher.hash(tokenizer), "task": task, "split": split,
+        "examples": hashlib.sha256(np.asarray(example_ids, dtype=np.int64).tobytes()).hexdigest(),
+        "preprocessing": preprocessing,
+    }, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def compute(model: torch.nn.Module, dataset: Any, family: Family, device: torch.device, precision: str,
+            batch_size: int) -> np.ndarray:
+    """Teacher logits for every item of ``dataset``, in dataset order: ``[N, C]`` float32."""
+    model.to(device).eval()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate)
+    rows = []
+    with torch.no_grad():
+        for batch in loader:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with autocast(device, precision):
+                rows.append(family.forward(model, batch).logits.float().cpu().numpy())
+    return np.concatenate(rows)
+
+
+def cached(path: Path, make: Callable[[], np.ndarray]) -> np.ndarray:
+    """Load ``path`` memory-mapped, computing and saving it atomically (rank 0) if missing."""
+    if not path.exists():
+        if distributed.is_main():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            values = make()
+            tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
+            np.save(tmp, values)
+            os.replace(tmp, path)
+            log.info("teacher outputs cached at %s", path)
+        distributed.barrier()
+    else:
+        log.info("teacher outputs read from %s", path)
+    return np.load(path, mmap_mode="r")
+
+
+class CachedTeacher:
+    """``teacher_outputs(batch)`` backed by the stored logits (rows picked by ``index``)."""
+
+    def __init__(self, logits: np.ndarray) -> None:
+        self.logits = logits
+
+    def __call__(self, batch: Dict[str, torch.Tensor]) -> Outputs:
+        rows = np.asarray(self.logits[batch["index"].cpu().numpy()])
+        return Outputs(torch.from_numpy(rows).to(batch["index"].device))
+
+
+class LiveTeacher:
+    """``teacher_outputs(batch)`` by a forward pass under ``no_grad`` in eval mode."""
+
+    def __init__(self, model: torch.nn.Module, family: Family, device: torch.device, precision: str):
+        self.model, self.family, self.device, self.precision = model.to(device).eval(), family, device, precision
+
+    @torch.no_grad()
+    def __call__(self, batch: Dict[str, torch.Tensor]) -> Outputs:
+        with autocast(self.device, self.precision):
+            return self.family.forward(self.model, batch)
