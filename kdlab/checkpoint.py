@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from kdlab.errors import ConfigError
+from kdlab.errors import ConfigError, ResourceError
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def save(directory: Path, step: int, state: Dict[str, Any], meta: Dict[str, Any]
         os.rename(tmp, target)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise OSError(
+        raise ResourceError(
             f"could not write checkpoint {target} ({e.strerror or e}); the previous checkpoints are "
             "intact. Free disk space or set trainer.save_every=0"
         ) from e

@@ -9,7 +9,7 @@ import hydra
 from omegaconf import DictConfig
 
 from kdlab.config import register_configs
-from kdlab.errors import ConfigError, DataError
+from kdlab.errors import ConfigError, DataError, ResourceError
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 
@@ -22,7 +22,7 @@ def app(cfg: DictConfig) -> float:
 
     try:
         results = run(cfg)
-    except (ConfigError, DataError, FloatingPointError) as e:
+    except (ConfigError, DataError, ResourceError, FloatingPointError) as e:
         # A user error: one clear message, no traceback.
         print(f"kdlab: error: {e}", file=sys.stderr)
         sys.exit(2)

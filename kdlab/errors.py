@@ -7,3 +7,7 @@ class ConfigError(ValueError):
 
 class DataError(ValueError):
     """A missing, malformed or inconsistent data file."""
+
+
+class ResourceError(OSError):
+    """The machine cannot serve the run: a full disk, a missing device."""
