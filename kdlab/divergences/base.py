@@ -171,11 +171,14 @@ class _FusedPointwise(torch.autograd.Function):
         N, C = h_all.shape
         rows = max(1, FUSED_BLOCK // max(C, 1))
         scale = grad_values / ctx.temperature
-        for i in range(0, N, rows):  # in place: h_all becomes the gradient
+        grad = torch.empty_like(h_all)
+        for i in range(0, N, rows):
             h = h_all[i : i + rows]
-            h.sub_(log_q_all[i : i + rows].exp() * h.sum(-1, keepdim=True))
-            h.mul_(scale[i : i + rows, None])
-        return h_all, None, None
+            g = grad[i : i + rows]
+            torch.mul(log_q_all[i : i + rows].exp(), h.sum(-1, keepdim=True), out=g)
+            torch.sub(h, g, out=g)
+            g.mul_(scale[i : i + rows, None])
+        return grad, None, None
 
 
 class LogitDivergence(torch.nn.Module):
