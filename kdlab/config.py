@@ -49,6 +49,10 @@ class TeacherConfig:
     name: str = MISSING  # registry name: "minilm" (embedded), "pretrained" (local dir or hub id)
     family: str = "encoder"  # "encoder" | "seq2seq" | "causal"; the student has the same family
     path: Optional[str] = None  # local directory or hub id (for "pretrained")
+    # for "tiny" (a small random-init model built from code): "t5" | "gpt2" | "llama"
+    # (None: t5 for seq2seq, gpt2 for causal), and config fields to override
+    architecture: Optional[str] = None
+    overrides: Dict[str, Any] = field(default_factory=dict)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     # True: always fine-tune on the task (a checkpoint that already has a head of the
     # right size is used as is when False).
@@ -112,6 +116,9 @@ class DatasetConfig:
     max_eval_samples: Optional[int] = None
     stratified: bool = False  # subsample keeping the label proportions
     on_bad_row: str = "error"  # "error" | "skip"
+    # seq2seq / causal families: each answer choice is scored by its summed ("sum") or
+    # per-token ("mean") log-likelihood, and the best one is the prediction
+    rank_scoring: str = "sum"
 
 
 @dataclass

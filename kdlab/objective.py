@@ -5,21 +5,24 @@
 KD is Hinton's soft-target cross-entropy at ``objective.kd.temperature`` (optionally
 annealed to 1 and scaled by T^2). CE is the model family's loss on gold labels
 (cross-entropy, MSE for regression, token cross-entropy on targets).
-Every distillation term is a module of ``kdlab.divergences``; all are computed in float32
-whatever the autocast dtype.
+Every distillation term is a module of ``kdlab.divergences`` (on logits) or of
+``kdlab.features`` (hidden states, attentions); all are computed in float32 whatever the
+autocast dtype.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import torch
 
 from kdlab import divergences
 from kdlab.config import Config
 from kdlab.errors import ConfigError
+from kdlab.families import FAMILIES
 from kdlab.families.base import Outputs
+from kdlab.features import FEATURE_TERMS, LayerMatch
 
 NO_DIVERGENCE = "none"
 
@@ -50,6 +53,18 @@ class Objective(torch.nn.Module):
     def needs_teacher(self) -> bool:
         return any(t.weight > 0 for t in self.terms)
 
+    @property
+    def features(self) -> FrozenSet[str]:
+        """What the feature terms read from ``Outputs`` besides logits."""
+        return frozenset(t.module.kind for t in self.terms if isinstance(t.module, LayerMatch) and t.weight > 0)
+
+    def bind(self, teacher: torch.nn.Module, student: torch.nn.Module, stacks: Sequence[str]) -> None:
+        """Check feature terms against the models and create their projections (trained
+        with the student: the trainer optimises ``self.parameters()`` too)."""
+        for t in self.terms:
+            if isinstance(t.module, LayerMatch):
+                t.module.bind(teacher, student, stacks)
+
     def set_progress(self, fraction: float) -> None:
         """SinKD's ``kd_anneal``: the KD temperature goes linearly from T to 1 over training."""
         if self.kd_anneal_from is None:
@@ -77,7 +92,8 @@ class Objective(torch.nn.Module):
             z_t = teacher.logits.float().detach()
             for term in self.terms:
                 if term.weight > 0:
-                    value = term.module(z_s, z_t, mask=student.mask)
+                    value = (term.module(student, teacher) if isinstance(term.module, LayerMatch)
+                             else term.module(z_s, z_t, mask=student.mask))
                     parts[term.name] = value
                     total = total + term.weight * value
         parts["loss"] = total
@@ -109,6 +125,11 @@ def build_objective(cfg: Config) -> Objective:
         if key in {t.name for t in terms} or key == "ce":
             raise ConfigError(f"objective.terms.{key}: the name {key!r} is already used by another term")
         terms.append(Term(key, term.weight, _build(f"objective.terms.{key}", term.name, dict(term.params))))
+        if isinstance(terms[-1].module, LayerMatch):
+            try:
+                terms[-1].module.resolve_stack(FAMILIES.get(cfg.teacher.family).stacks)
+            except ConfigError as e:
+                raise ConfigError(f"objective.terms.{key}: {e}") from None
     anneal = obj.kd.temperature if obj.kd.anneal else None
     return Objective(1.0 - obj.alpha, terms, kd_anneal_from=anneal)
 
@@ -120,6 +141,8 @@ def fine_tune_objective() -> Objective:
 
 def _build(key: str, name: str, params: dict) -> torch.nn.Module:
     try:
+        if key.startswith("objective.terms.") and name in FEATURE_TERMS:
+            return FEATURE_TERMS.build(name, **params)
         return divergences.get(name, **params)
     except ConfigError as e:
         raise ConfigError(f"{key}: {e}") from None

@@ -34,7 +34,7 @@ from kdlab.objective import build_objective, fine_tune_objective
 from kdlab.report import format_table
 from kdlab.tracking import RESULTS_FILE, NullTracker, Tracker, write_json_atomic
 from kdlab.trainer import LoopResult, LoopSettings, train
-from kdlab.validation import check_pair, validate
+from kdlab.validation import check_pair, check_student_tokenizer, validate
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ class Experiment:
         """The teacher with a task head: loaded, or fine-tuned once and cached on disk."""
         tcfg = self.cfg.teacher
         loaded = TEACHERS.get(tcfg.name)(tcfg, self.task.num_labels, self.cfg.cache_dir, self.family)
+        check_student_tokenizer(self.cfg.student, loaded)  # before any fine-tuning
         if loaded.has_task_head and not tcfg.force_finetune:
             return loaded
         key = teacher_cache.key(loaded.source, self.task.name, tcfg.finetune, self.cfg.dataset.max_length)
@@ -122,8 +123,10 @@ class Experiment:
                     meta: Optional[Dict[str, Any]] = None) -> tuple[Loaded, LoopResult]:
         set_seed(self.cfg.seed)
         student = STUDENTS.get(self.cfg.student.name)(self.cfg.student, teacher, self.task.num_labels, self.family)
-        check_pair(teacher, student, self.task.num_labels)
+        check_pair(teacher, student, self.task.num_labels, self.family.name)
         objective = build_objective(self.cfg) if outputs is not None else fine_tune_objective()
+        objective.bind(teacher.model, student.model, self.family.stacks)
+        self.family.features = objective.features  # hidden states / attentions for feature terms
         ckpt_dir = Path(self.cfg.output_dir) / "checkpoints" / phase
         if resume_dir is not None and resume_dir != Path(self.cfg.output_dir):
             _copy_checkpoints(resume_dir / "checkpoints" / phase, ckpt_dir)

@@ -140,6 +140,9 @@ def train(
          "weight_decay": settings.weight_decay},
         {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
     ]
+    extra = list(objective.to(device).parameters())  # learned projections of feature terms
+    if extra:
+        groups.append({"params": extra, "weight_decay": 0.0})
     # The fused kernel is ~6x faster than the default on CPU (15M-parameter embeddings).
     optimizer = torch.optim.AdamW(groups, lr=settings.lr, eps=1e-8, fused=device.type in ("cpu", "cuda"))
     scheduler = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_ratio * steps), steps)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from omegaconf import OmegaConf
 
 from kdlab.config import Config
@@ -14,6 +16,7 @@ from kdlab.trainer import EVAL_STRATEGIES, ON_NAN, SELECT
 
 DEVICES = ("cpu", "cuda")
 BAD_ROW_POLICIES = ("error", "skip")
+RANK_SCORING = ("sum", "mean")
 
 
 def _positive(key: str, value: float) -> None:
@@ -38,6 +41,7 @@ def validate(cfg: Config) -> None:
     if cfg.hardware.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("hardware.device=cuda but this machine has no CUDA device; use hardware=cpu")
     _choice("dataset.on_bad_row", cfg.dataset.on_bad_row, BAD_ROW_POLICIES)
+    _choice("dataset.rank_scoring", cfg.dataset.rank_scoring, RANK_SCORING)
     _positive("dataset.max_length", cfg.dataset.max_length)
     t = cfg.trainer
     _choice("trainer.eval_strategy", t.eval_strategy, EVAL_STRATEGIES)
@@ -58,19 +62,54 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{node}.warmup_ratio={loop.warmup_ratio}: must be in [0, 1)")
 
 
-def check_pair(teacher: Loaded, student: Loaded, num_labels: int) -> None:
+def check_pair(teacher: Loaded, student: Loaded, num_labels: int, family: str = "encoder") -> None:
     """Reject a teacher/student pair whose outputs cannot be compared."""
-    t_labels = teacher.model.config.num_labels
-    s_labels = student.model.config.num_labels
-    if t_labels != s_labels or t_labels != num_labels:
+    if family == "encoder":  # the generative families score text with their LM heads
+        t_labels = teacher.model.config.num_labels
+        s_labels = student.model.config.num_labels
+        if t_labels != s_labels or t_labels != num_labels:
+            raise ConfigError(
+                f"incompatible teacher/student pair: teacher has {t_labels} labels, student "
+                f"{s_labels}, task {num_labels}. Use models trained for this task."
+            )
+    check_vocab(teacher.tokenizer, teacher.model.config, student.tokenizer, student.model.config)
+
+
+def check_vocab(t_tokenizer: Any, t_config: Any, s_tokenizer: Any, s_config: Any) -> None:
+    """Teacher and student must share a tokenizer, and each model's vocabulary must cover it.
+
+    Vocabularies padded beyond the tokenizer (to a multiple of 8 or 64 rows) are allowed:
+    the token-level families slice logits to the tokenizer's size. No cross-tokenizer
+    loss is implemented, so different tokenizers are an error.
+    """
+    if t_tokenizer.get_vocab() != s_tokenizer.get_vocab():
         raise ConfigError(
-            f"incompatible teacher/student pair: teacher has {t_labels} labels, student "
-            f"{s_labels}, task {num_labels}. Use models trained for this task."
+            f"incompatible teacher/student pair: different tokenizers (teacher "
+            f"{type(t_tokenizer).__name__} with {len(t_tokenizer)} tokens, student "
+            f"{type(s_tokenizer).__name__} with {len(s_tokenizer)}). Teacher and student must share "
+            "a tokenizer: token-level distillation compares distributions over the same vocabulary."
         )
-    t_vocab = getattr(teacher.model.config, "vocab_size", None)
-    s_vocab = getattr(student.model.config, "vocab_size", None)
-    if t_vocab != s_vocab:
-        raise ConfigError(
-            f"incompatible teacher/student pair: vocabularies of {t_vocab} and {s_vocab} tokens. "
-            "Teacher and student must share a tokenizer."
-        )
+    n = len(t_tokenizer)
+    for who, config in (("teacher", t_config), ("student", s_config)):
+        size = getattr(config, "vocab_size", None)
+        if size is not None and size < n:
+            raise ConfigError(
+                f"incompatible teacher/student pair: the {who} has a vocabulary of {size} tokens, "
+                f"smaller than its tokenizer's {n}"
+            )
+
+
+def check_student_tokenizer(student_cfg: Any, teacher: Loaded) -> None:
+    """Before any training: a ``pretrained`` student's tokenizer and vocabulary against
+    the teacher's (reads only the student's tokenizer and config files)."""
+    if student_cfg.name != "pretrained" or not student_cfg.path:
+        return  # the other builders reuse the teacher's tokenizer
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(student_cfg.path)
+        config = AutoConfig.from_pretrained(student_cfg.path)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"student.path={student_cfg.path!r}: {e.__class__.__name__}: "
+                          f"{str(e).splitlines()[0]}") from None
+    check_vocab(teacher.tokenizer, teacher.model.config, tokenizer, config)

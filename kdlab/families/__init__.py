@@ -18,6 +18,6 @@ def get_family(name: str) -> Family:
     return FAMILIES.get(name)()
 
 
-from kdlab.families import encoder  # noqa: E402,F401  (registration)
+from kdlab.families import causal, encoder, seq2seq  # noqa: E402,F401  (registration)
 
 __all__ = ["FAMILIES", "Family", "Outputs", "get_family"]

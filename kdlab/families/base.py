@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, FrozenSet, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -19,14 +19,31 @@ class Outputs:
     ``logits``: ``[B, C]`` (classification) or ``[B, T, V]`` (token level).
     ``mask``: ``None``, or ``[B, T]`` bool marking the positions that are distilled and
     supervised (target tokens, answer tokens); everything else gets no loss.
+
+    Filled only when a feature term asks for them (``Family.features``), keyed by stack
+    (``"encoder"``, ``"decoder"``): ``hidden_states[stack][i]`` ``[B, L, H]`` (index 0 the
+    embeddings, i the output of block i), ``attentions[stack][i]`` ``[B, heads, L, L]``
+    (block i), and ``feature_masks[stack]`` ``[B, L]`` bool (the real, non-padding tokens).
     """
 
     logits: torch.Tensor
     mask: Optional[torch.Tensor] = None
+    hidden_states: Optional[Dict[str, Tuple[torch.Tensor, ...]]] = None
+    attentions: Optional[Dict[str, Tuple[torch.Tensor, ...]]] = None
+    feature_masks: Optional[Dict[str, torch.Tensor]] = None
+
+
+FEATURES = ("hidden_states", "attentions")
 
 
 class Family(ABC):
     name: str
+    # The stacks whose hidden states / attentions ``forward`` can return, in order (the
+    # last one produces the logits); empty: the family does not support feature terms.
+    stacks: Tuple[str, ...] = ()
+    # What ``forward`` returns besides logits, a subset of FEATURES: set by the runner
+    # when a feature term is configured (both teacher and student forwards need them).
+    features: FrozenSet[str] = frozenset()
 
     @abstractmethod
     def load(self, path: str, num_labels: int, key: str, reinit_head: bool = False) -> Any:

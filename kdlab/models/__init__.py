@@ -29,4 +29,4 @@ def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-from kdlab.models import students, teachers  # noqa: E402,F401  (registration)
+from kdlab.models import students, teachers, tiny  # noqa: E402,F401  (registration)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -45,3 +46,21 @@ def load_classifier(path: str, num_labels: int, key: str, reinit_head: bool = Fa
     )
     fresh_head = not has_head or (reinit_head and config.num_labels != num_labels)
     return Loaded(model=model, tokenizer=tokenizer, source=str(path), has_task_head=not fresh_head)
+
+
+def load_lm(path: str, auto_class: Any, key: str) -> Loaded:
+    """Load a language model (``AutoModelForSeq2SeqLM`` / ``AutoModelForCausalLM``) and its
+    tokenizer from a local directory or a hub id. The LM head is the task head: verbalised
+    labels and answer choices are scored as text, so no new head is ever needed."""
+    if path.startswith(("/", ".", "~")) and not Path(path).expanduser().is_dir():
+        raise ConfigError(f"{key}={path!r}: no such directory (expected a local model dir or a hub id)")
+    path = str(Path(path).expanduser()) if path.startswith("~") else path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = auto_class.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"{key}={path!r} could not be loaded as a {auto_class.__name__} from a {_where(path)}: "
+            f"{e.__class__.__name__}: {str(e).splitlines()[0]}"
+        ) from None
+    return Loaded(model=model, tokenizer=tokenizer, source=str(path), has_task_head=True)

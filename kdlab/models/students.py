@@ -46,15 +46,29 @@ def take_layers(model: torch.nn.Module, layers: List[int]) -> torch.nn.Module:
         for name, mod in student.named_modules()
         if isinstance(mod, torch.nn.ModuleList) and len(mod) == n
     ]
+    # outermost only: a T5 block's own ModuleList of sub-layers may have length n too
+    stacks = [(name, mod) for name, mod in stacks if not any(name.startswith(f"{o}.") for o, _ in stacks)]
     if not stacks:
         raise ConfigError(f"found no stack of {n} layers in the {model.config.model_type} teacher")
     for name, stack in stacks:
         parent = student.get_submodule(name.rsplit(".", 1)[0]) if "." in name else student
-        setattr(parent, name.rsplit(".", 1)[-1], torch.nn.ModuleList([stack[i] for i in layers]))
-    for key in LAYER_COUNT_KEYS:
-        if hasattr(student.config, key):
+        kept = [stack[i] for i in layers]
+        _keep_relative_bias(stack, kept)
+        setattr(parent, name.rsplit(".", 1)[-1], torch.nn.ModuleList(kept))
+    for key in LAYER_COUNT_KEYS + ("num_decoder_layers",):  # T5 counts its decoder apart
+        if hasattr(student.config, key) and getattr(student.config, key) is not None:
             setattr(student.config, key, len(layers))
     return student
+
+
+def _keep_relative_bias(stack: torch.nn.ModuleList, kept: List[torch.nn.Module]) -> None:
+    """T5 stores its relative position bias in block 0 only: a new first block gets it."""
+    attn = getattr(getattr(stack[0], "layer", [None])[0], "SelfAttention", None)
+    if attn is None or not getattr(attn, "has_relative_attention_bias", False) or kept[0] is stack[0]:
+        return
+    first = kept[0].layer[0].SelfAttention
+    first.has_relative_attention_bias = True
+    first.relative_attention_bias = attn.relative_attention_bias
 
 
 @STUDENTS.register("from_teacher")

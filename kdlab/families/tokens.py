@@ -1,0 +1,130 @@
+"""What the two token-level families (seq2seq, causal) share: special tokens, padding,
+vocabulary slicing, masked token cross-entropy, per-sequence log-likelihoods and the
+collection of hidden states / attentions for feature terms."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from kdlab.errors import ConfigError
+from kdlab.families.base import Family
+
+
+def eos_id(tokenizer: Any) -> int:
+    """End of a target: the tokenizer's EOS, or SEP for a WordPiece (BERT) tokenizer."""
+    for tid in (tokenizer.eos_token_id, tokenizer.sep_token_id):
+        if tid is not None:
+            return int(tid)
+    raise ConfigError(f"the {type(tokenizer).__name__} has neither an EOS nor a SEP token")
+
+
+def bos_id(tokenizer: Any) -> Optional[int]:
+    """Start of a causal sequence: BOS (LLaMA, GPT-2), CLS (WordPiece), or none."""
+    for tid in (tokenizer.bos_token_id, tokenizer.cls_token_id):
+        if tid is not None:
+            return int(tid)
+    return None
+
+
+def pad_id(tokenizer: Any) -> int:
+    if tokenizer.pad_token_id is not None:
+        return int(tokenizer.pad_token_id)
+    return eos_id(tokenizer)  # GPT-2 has no pad token; padded positions are masked anyway
+
+
+def ids(tokenizer: Any, texts: Sequence[str]) -> List[List[int]]:
+    """Token ids without special tokens (added explicitly where a family wants them)."""
+    return [list(x) for x in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+
+def pad(rows: Sequence[Sequence[int]], value: int, left: bool = False) -> torch.Tensor:
+    """``[N, L]`` long tensor of ``rows`` padded with ``value`` to the longest (L >= 1)."""
+    width = max([len(r) for r in rows] + [1])
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            row = torch.as_tensor(list(r), dtype=torch.long)
+            if left:
+                out[i, width - len(r):] = row
+            else:
+                out[i, :len(r)] = row
+    return out
+
+
+def slice_vocab(logits: torch.Tensor, vocab: Optional[int]) -> torch.Tensor:
+    """Drop the padding rows of an embedding padded to a multiple of 8/64: ``[..., V]``."""
+    return logits if vocab is None or logits.shape[-1] == vocab else logits[..., :vocab]
+
+
+def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the unmasked tokens, float32.
+
+    ``logits [B, T, V]``, ``targets [B, T]``, ``mask [B, T]`` bool. Masked positions are
+    removed before any arithmetic, so they get exactly zero gradient.
+    """
+    z = logits[mask].float()  # [N, V]
+    if z.shape[0] == 0:
+        return logits.sum() * 0.0
+    return F.cross_entropy(z, targets[mask])
+
+
+def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-likelihood ``[N]`` and length ``[N]`` of the unmasked targets of each row."""
+    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [N, T]
+    return (logp * mask).sum(-1), mask.sum(-1)
+
+
+def model_kwargs(family: Family, model: torch.nn.Module) -> Dict[str, Any]:
+    """Forward kwargs asking for the features the family's feature terms need."""
+    kw: Dict[str, Any] = {"use_cache": False}
+    if "hidden_states" in family.features:
+        kw["output_hidden_states"] = True
+    if "attentions" in family.features:
+        inner = getattr(model, "module", model)  # DDP
+        if inner.config._attn_implementation != "eager":  # fused kernels return no weights
+            inner.set_attn_implementation("eager")
+        kw["output_attentions"] = True
+    return kw
+
+
+def feature_fields(family: Family, per_stack: Dict[str, Tuple[Any, Any, torch.Tensor]]) -> Dict[str, Any]:
+    """``Outputs`` keyword arguments from ``{stack: (hidden_states, attentions, mask)}``."""
+    if not family.features:
+        return {}
+    out: Dict[str, Any] = {"feature_masks": {k: v[2].bool() for k, v in per_stack.items()}}
+    if "hidden_states" in family.features:
+        out["hidden_states"] = {k: tuple(v[0]) for k, v in per_stack.items()}
+    if "attentions" in family.features:
+        out["attentions"] = {k: tuple(v[1]) for k, v in per_stack.items()}
+    return out
+
+
+def check_not_record(task: Any, family: str) -> None:
+    if task.name == "superglue/record":
+        raise ConfigError(f"dataset={task.name} is scored on answer strings; teacher.family={family} "
+                          "does not support it yet (it ranks label ids)")
+
+
+def rank(logprobs: torch.Tensor, lengths: torch.Tensor, owner: torch.Tensor, n: int, scoring: str) -> List[int]:
+    """Rank classification of ``n`` examples from the scores of their flattened choices:
+    ``owner[j]`` is the example of choice row j; ``scoring`` "sum" or "mean" (per token)."""
+    from kdlab.data.prompts import rank_classification
+
+    lp: List[List[float]] = [[] for _ in range(n)]
+    ln: List[List[int]] = [[] for _ in range(n)]
+    for j, i in enumerate(owner.tolist()):
+        lp[i].append(float(logprobs[j]))
+        ln[i].append(max(int(lengths[j]), 1))
+    return rank_classification(lp, ln, normalise=scoring == "mean").tolist()
+
+
+def flatten_choices(rows: Sequence[Dict[str, Any]]) -> Tuple[List[Any], torch.Tensor]:
+    """Every choice of every row, and ``owner [N]``: the row each belongs to."""
+    seqs, owner = [], []
+    for i, r in enumerate(rows):
+        seqs.extend(r["choices"])
+        owner.extend([i] * len(r["choices"]))
+    return seqs, torch.tensor(owner, dtype=torch.long)
