@@ -102,7 +102,10 @@ class Experiment:
         train(loaded.model, train_ds, self.family, fine_tune_objective(),
               loop_settings(ft, self.cfg.trainer, ft.seed), self.tracker, "teacher_finetune",
               self.device, self.precision)
-        return teacher_cache.save(self.cfg.cache_dir, key, loaded, {"task": self.task.name, "teacher": tcfg.name})
+        if distributed.is_main():
+            loaded = teacher_cache.save(self.cfg.cache_dir, key, loaded, {"task": self.task.name, "teacher": tcfg.name})
+        distributed.barrier()  # other ranks hold the same (synchronised) weights in memory
+        return loaded
 
     def teacher_outputs(self, teacher: Loaded, teacher_hash: str, train_ds: Any, example_ids: List[int]):
         """The teacher's outputs per batch: read from the on-disk cache, or computed live."""
@@ -220,7 +223,7 @@ def run(cfg: Config) -> Dict[str, Any]:
         train_ds = exp.encode(teacher.tokenizer, train_examples)
         evals = {split: exp.encode(teacher.tokenizer, ex) for split, ex in eval_examples.items()}
         teacher_hash = teacher_outputs.weights_hash(teacher.model)
-        meta = run_metadata(train_examples, teacher_hash)
+        meta = {**run_metadata(train_examples, teacher_hash), "world_size": distributed.world_size()}
         tracker.summary({"meta": meta})
         ckpt_meta = {"config": config_for_resume(resolved), "wandb_id": tracker.run_id}
         results: Dict[str, Any] = {"task": task.name, "metric": task.metric}

@@ -128,8 +128,10 @@ def train(
         raise ValueError("distillation objective without a teacher")
     rank, world = distributed.rank(), distributed.world_size()
     sampler = EpochSampler(len(dataset), settings.batch_size, settings.seed, rank, world)
+    # A private generator: creating a loader iterator must not draw from the global RNG, or a
+    # resumed run's dropout masks would shift by one draw.
     loader = torch.utils.data.DataLoader(dataset, batch_size=settings.batch_size, sampler=sampler,
-                                         collate_fn=dataset.collate)
+                                         collate_fn=dataset.collate, generator=torch.Generator())
     batches_per_epoch = len(sampler.indices()) // settings.batch_size + bool(len(sampler.indices()) % settings.batch_size)
     steps = total_steps(settings, batches_per_epoch)
     model.to(device).train()

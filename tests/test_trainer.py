@@ -38,10 +38,10 @@ class ToyData(torch.utils.data.Dataset):
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": self.labels[idx], "index": idx}
 
 
-def tiny_model(seed=0):
+def tiny_model(seed=0, dropout=0.0):
     torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                     intermediate_size=32, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
                      max_position_embeddings=16, num_labels=2)
     return BertForSequenceClassification(cfg)
 
@@ -120,17 +120,19 @@ def test_nan_skip_policy_skips_the_step(tracker):
 
 
 def test_resume_continues_exactly(tracker, tmp_path):
-    """6 steps, stop, resume to 12 == 12 steps straight (weights, optimizer, data order, RNG)."""
-    straight = tiny_model()
+    """6 steps, stop, resume to 12 == 12 steps straight (weights, optimizer, data order, RNG).
+
+    Dropout is on, so the dropout masks after resuming must match too."""
+    straight = tiny_model(dropout=0.1)
     train(straight, ToyData(), FAMILY, fine_tune_objective(), settings(max_steps=12, batch_size=8),
           tracker, "test", torch.device("cpu"))
     ckpt = tmp_path / "ckpt"
-    first = tiny_model()
+    first = tiny_model(dropout=0.1)
     with pytest.raises(KeyboardInterrupt):
         train(first, ToyData(), FAMILY, fine_tune_objective(),
               settings(max_steps=12, batch_size=8, save_every=6, eval_strategy="steps", eval_every=7),
               tracker, "test", torch.device("cpu"), checkpoint_dir=ckpt, evaluate=_interrupt)
-    resumed = tiny_model(seed=5)  # different init: everything must come from the checkpoint
+    resumed = tiny_model(seed=5, dropout=0.1)  # different init: everything must come from the checkpoint
     result = train(resumed, ToyData(), FAMILY, fine_tune_objective(), settings(max_steps=12, batch_size=8),
                    tracker, "test", torch.device("cpu"), checkpoint_dir=ckpt, resume=True)
     assert result.steps == 12
