@@ -34,3 +34,36 @@ bench:
 
 clean:
 	rm -rf outputs multirun .pytest_cache
+
+# -- SinKD tables (docs/reproducing.md): one Hydra multirun per table, then kdlab-table ------
+# Every invocation sweeps into a fresh directory, so a rerun never mixes with stale results.
+TABLE_STAMP := $(shell date +%Y-%m-%d_%H-%M-%S)
+SEEDS       ?= 0,1,2
+METHODS     ?= finetune,kd,rkl,js,tvd,sinkd,sinkd_sound
+GLUE_TASKS  ?= cola,mnli,mrpc,qnli,qqp,rte,sst2
+SG_TASKS    ?= superglue/boolq,superglue/cb,superglue/copa,superglue/rte,superglue/wic,superglue/wsc
+TABLE_ROOT  ?= multirun/tables
+REFERENCE   ?=
+TABLE_ARGS  = $(if $(REFERENCE),--reference $(REFERENCE))
+
+.PHONY: table-glue-cpu table-glue table-superglue-seq2seq table-superglue-causal
+
+table-glue-cpu:  ## CPU-sized SinKD GLUE table: 7 methods x SST-2, MRPC x 2 seeds (~30 min here)
+	$(BIN)/kdlab -m experiment=sinkd/glue_cpu experiment/sinkd/glue/task=sst2,mrpc seed=0,1 \
+	  experiment/sinkd/method=$(METHODS) logger=none hydra.sweep.dir=$(TABLE_ROOT)/glue_cpu/$(TABLE_STAMP)
+	$(BIN)/kdlab-table $(TABLE_ROOT)/glue_cpu/$(TABLE_STAMP) --out docs/results/glue_cpu $(TABLE_ARGS)
+
+table-glue:  ## SinKD GLUE table, one GPU: 7 methods x 7 tasks x 3 seeds (add hydra/launcher=slurm via ARGS)
+	$(BIN)/kdlab -m experiment=sinkd/glue experiment/sinkd/glue/task=$(GLUE_TASKS) seed=$(SEEDS) \
+	  experiment/sinkd/method=$(METHODS) hydra.sweep.dir=$(TABLE_ROOT)/glue/$(TABLE_STAMP) $(ARGS)
+	$(BIN)/kdlab-table $(TABLE_ROOT)/glue/$(TABLE_STAMP) --out $(TABLE_ROOT)/glue/$(TABLE_STAMP)/table $(TABLE_ARGS)
+
+table-superglue-seq2seq:  ## SinKD SuperGLUE table, encoder-decoder teacher and student
+	$(BIN)/kdlab -m experiment=sinkd/superglue_seq2seq dataset=$(SG_TASKS) seed=$(SEEDS) \
+	  experiment/sinkd/method=$(METHODS) hydra.sweep.dir=$(TABLE_ROOT)/superglue_seq2seq/$(TABLE_STAMP) $(ARGS)
+	$(BIN)/kdlab-table $(TABLE_ROOT)/superglue_seq2seq/$(TABLE_STAMP) --out $(TABLE_ROOT)/superglue_seq2seq/$(TABLE_STAMP)/table $(TABLE_ARGS)
+
+table-superglue-causal:  ## SinKD SuperGLUE table, decoder-only teacher and student
+	$(BIN)/kdlab -m experiment=sinkd/superglue_causal dataset=$(SG_TASKS) seed=$(SEEDS) \
+	  experiment/sinkd/method=$(METHODS) hydra.sweep.dir=$(TABLE_ROOT)/superglue_causal/$(TABLE_STAMP) $(ARGS)
+	$(BIN)/kdlab-table $(TABLE_ROOT)/superglue_causal/$(TABLE_STAMP) --out $(TABLE_ROOT)/superglue_causal/$(TABLE_STAMP)/table $(TABLE_ARGS)
