@@ -13,6 +13,7 @@ evaluations), ``student.evaluations``, ``majority``, ``baseline_student``, ``met
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -27,6 +28,7 @@ from kdlab import checkpoint, distributed, teacher_cache, teacher_outputs
 from kdlab.batching import loader
 from kdlab.config import Config
 from kdlab.data import compute_metrics, get_task, load_split
+from kdlab.errors import ConfigError
 from kdlab.families import get_family
 from kdlab.metadata import config_for_resume, run_metadata
 from kdlab.models import STUDENTS, TEACHERS, Loaded, count_params
@@ -145,8 +147,6 @@ class Experiment:
 
 def _copy_checkpoints(src: Path, dst: Path) -> None:
     """Resuming from another run dir: continue its newest checkpoints in this run's dir."""
-    import shutil
-
     for path in checkpoint.list_checkpoints(src)[-2:]:
         if not (dst / path.name).exists():
             shutil.copytree(path, dst / path.name)
@@ -175,8 +175,6 @@ def resume_dir(cfg: Config) -> Optional[Path]:
         return None
     path = Path(cfg.output_dir) if cfg.trainer.resume == "auto" else Path(cfg.trainer.resume)
     if cfg.trainer.resume != "auto" and not (path / "checkpoints").is_dir():
-        from kdlab.errors import ConfigError
-
         raise ConfigError(f"trainer.resume={cfg.trainer.resume!r}: no checkpoints/ directory there "
                           "(give the run directory of a run with trainer.save_every > 0, or 'auto')")
     return path
