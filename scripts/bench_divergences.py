@@ -80,7 +80,7 @@ def fwd_bwd(loss: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor) -> Fn
 def fmt_ms(t: Optional[float]) -> str:
     if t is None:
         return "-"
-    return f"{t * 1e3:.1f} ms" if t < 10 else f"{t:.1f} s"
+    return f"{t * 1e3:.1f} ms" if t < 1 else f"{t:.2f} s"
 
 
 def fmt_mb(m: Optional[float]) -> str:
