@@ -112,7 +112,8 @@ class Experiment:
     def teacher_outputs(self, teacher: Loaded, teacher_hash: str, train_ds: Any, example_ids: List[int]):
         """The teacher's outputs per batch: read from the on-disk cache, or computed live."""
         live = teacher_outputs.LiveTeacher(teacher.model, self.family, self.device, self.precision)
-        if not self.cfg.trainer.cache_teacher_outputs or self.family.name != "encoder":
+        if not self.cfg.trainer.cache_teacher_outputs or self.family.name != "encoder" \
+                or build_objective(self.cfg).features:  # feature terms need live hidden states
             return live
         key = teacher_outputs.cache_key(
             teacher_hash, teacher.tokenizer, self.task.name, "train",

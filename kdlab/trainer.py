@@ -157,6 +157,7 @@ def train(
         state = checkpoint.load_latest(checkpoint_dir, (meta or {}).get("config"))
         if state is not None:
             model.load_state_dict(state["model"])
+            objective.load_state_dict(state["objective"])  # learned projections of feature terms
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
@@ -170,7 +171,7 @@ def train(
         if checkpoint_dir is None or not distributed.is_main():
             return
         state = {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "model": model.state_dict(), "objective": objective.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "rng": checkpoint.rng_state(), "epoch": sampler.epoch, "epoch_batches": epoch_batches,
             "result": result.__dict__, "best_value": best_value, "bad_evals": bad_evals,
