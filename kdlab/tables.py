@@ -109,6 +109,23 @@ def read_run(job_dir: Path, method_key: str) -> Run:
                int(_select(cfg, "seed", cfg_file)))
 
 
+def planned_jobs(root: Path) -> Optional[int]:
+    """Jobs a basic-sweeper multirun launched from ``root/multirun.yaml`` (None: unknown).
+
+    Jobs that never started leave no directory; comparing this count with the directories
+    found shows them even when a whole method or task is absent from the table."""
+    path = root / "multirun.yaml"
+    if not path.is_file():
+        return None
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    hydra_cfg = OmegaConf.load(path).hydra
+    if not str(OmegaConf.select(hydra_cfg, "sweeper._target_", default="")).endswith("BasicSweeper"):
+        return None
+    overrides = OverridesParser.create().parse_overrides(list(hydra_cfg.overrides.task))
+    return math.prod(len(list(o.sweep_string_iterator())) for o in overrides if o.is_sweep_override())
+
+
 def find_runs(root: Path, method_key: str = "experiment_name") -> List[Run]:
     """Every job directory under ``root``: one holding ``results.json`` or ``.hydra/``."""
     dirs = {p.parent for p in root.rglob(RESULTS_FILE)} | {p.parent for p in root.rglob(".hydra") if p.is_dir()}
@@ -154,6 +171,7 @@ class Table:
     runs: List[Run]
     seeds: List[int]
     has_reference: bool = False
+    planned: Optional[int] = None  # jobs the sweep launched, when multirun.yaml tells
 
     @property
     def failed(self) -> List[Run]:
@@ -226,7 +244,8 @@ def _header(t: str, table: Table) -> str:
 
 def _summary(table: Table) -> str:
     ok = sum(r.ok for r in table.runs)
-    return (f"{ok} runs with results, {len(table.failed)} failed or unfinished, "
+    planned = "" if table.planned is None else f"{table.planned} jobs planned, {len(table.runs)} job directories: "
+    return (f"{planned}{ok} runs with results, {len(table.failed)} failed or unfinished, "
             f"{len(table.missing())} missing (method x task x seed with no job directory); "
             f"seeds {', '.join(map(str, table.seeds))}")
 
@@ -253,8 +272,11 @@ def to_markdown(table: Table, title: str, source: str) -> str:
                 best, last = table.cells[m, t, "best"], table.cells[m, t, "last"]
                 row += [_num(best.reference), _num(best.diff, signed=True), _num(last.diff, signed=True)]
             lines.append(f"| {method_label(m)} | " + " | ".join(row) + " |")
-    if table.failed or table.missing():
+    unstarted = (table.planned or 0) - len(table.runs)
+    if table.failed or table.missing() or unstarted > 0:
         lines += ["", "## Gaps", ""]
+        if unstarted > 0:
+            lines.append(f"- {unstarted} planned jobs never started (no job directory)")
         lines += [f"- failed or unfinished: {r.method} / {r.task} / seed {r.seed} (`{r.path}`)" for r in table.failed]
         lines += [f"- missing: {m} / {t} / seed {s}" for m, t, s in table.missing()]
     return "\n".join(lines) + "\n"
@@ -375,6 +397,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         runs = find_runs(args.sweep, args.method_key)
         ref = _match_reference(read_reference(args.reference), runs) if args.reference else None
         table = build_table(runs, ref)
+        table.planned = planned_jobs(args.sweep)
     except (TableError, OSError, ValueError, KeyError) as e:
         print(f"kdlab-table: error: {e}", file=sys.stderr)
         return 2

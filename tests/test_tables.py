@@ -157,3 +157,17 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert tables.main([str(tmp_path)]) == 2
     assert "no runs" in capsys.readouterr().err
     assert tables.main([str(tmp_path / "nowhere")]) == 2
+
+
+def test_jobs_that_never_started_are_counted_from_multirun_yaml(tmp_path, capsys):
+    """A sweep that stopped early: 2 x 3 jobs planned, 2 job directories."""
+    write_run(tmp_path, 0, "kd", "glue/sst2", 0, best=0.8, last=0.8)
+    write_run(tmp_path, 1, "kd", "glue/sst2", 1)
+    (tmp_path / "multirun.yaml").write_text(json.dumps({"hydra": {
+        "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"},
+        "overrides": {"task": ["experiment=smoke", "+experiment/sinkd/method=kd,sinkd", "seed=range(3)"]}}}))
+    assert tables.planned_jobs(tmp_path) == 6
+    assert tables.main([str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "table.md").read_text()
+    assert "6 jobs planned, 2 job directories: 1 runs with results, 1 failed" in md
+    assert "- 4 planned jobs never started" in md
