@@ -158,3 +158,18 @@ def test_kdlab_table_console_script(tiny_sweep, tmp_path):
     out = subprocess.run([str(exe), str(tiny_sweep), "--out", str(tmp_path)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "| KD |" in out.stdout and "| SinKD (faithful) |" in out.stdout
+
+
+@pytest.mark.slow
+def test_optuna_search_runs_and_maximises_the_returned_metric(tmp_path, data_dir, cache_dir):
+    plugin("hydra_optuna_sweeper")
+    out = run_cli(["-m", "experiment=smoke", "hydra/sweeper=sinkd_optuna", "hydra.sweeper.n_trials=2",
+                   "trainer.max_steps=2", "dataset.max_eval_samples=32", "logger=none",
+                   f"cache_dir={cache_dir}", f"hydra.sweep.dir={tmp_path}"],
+                  env_extra={"KDLAB_DATA_DIR": str(data_dir)}, timeout=1800)
+    assert out.returncode == 0, out.stderr[-3000:]
+    best = OmegaConf.load(tmp_path / "optimization_results.yaml")
+    assert 0.0 <= best.best_value <= 1.0
+    assert set(best.best_params) == {"objective.kd.temperature", "objective.alpha", "divergence.weight",
+                                     "divergence.params.epsilon"}
+    assert len(list(tmp_path.rglob("results.json"))) == 2
