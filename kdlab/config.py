@@ -100,6 +100,9 @@ class KDConfig:
 @dataclass
 class ObjectiveConfig:
     alpha: float = 0.0  # weight of soft-target KD; cross-entropy gets (1 - alpha)
+    # weight of the cross-entropy on labels; None: 1 - alpha. 0 for terms that replace CE
+    # (PLD, EMO's DEMD) or recipes that weight CE otherwise (Patient KD: 1 - its alpha)
+    ce_weight: Optional[float] = None
     kd: KDConfig = field(default_factory=KDConfig)
     terms: Dict[str, TermConfig] = field(default_factory=dict)
 

@@ -19,10 +19,12 @@ import torch
 
 from kdlab import divergences
 from kdlab.config import Config
+from kdlab.data import get_task
 from kdlab.errors import ConfigError
 from kdlab.families import FAMILIES
 from kdlab.families.base import Outputs
 from kdlab.features import FEATURE_TERMS, LayerMatch
+from kdlab.methods import LABEL_TERMS, labelled, layers  # noqa: F401  (registration)
 
 NO_DIVERGENCE = "none"
 
@@ -62,11 +64,15 @@ class Objective(torch.nn.Module):
         """Check feature terms against the models and create their projections (trained
         with the student: the trainer optimises ``self.parameters()`` too)."""
         for t in self.terms:
-            if isinstance(t.module, LayerMatch):
+            if hasattr(t.module, "bind"):  # feature terms; terms reading the student's embeddings
                 t.module.bind(teacher, student, stacks)
 
     def set_progress(self, fraction: float) -> None:
-        """SinKD's ``kd_anneal``: the KD temperature goes linearly from T to 1 over training."""
+        """SinKD's ``kd_anneal``: the KD temperature goes linearly from T to 1 over training.
+        Terms with a schedule of their own (DKD's warm-up) get ``set_progress(fraction)``."""
+        for term in self.terms:
+            if hasattr(term.module, "set_progress"):
+                term.module.set_progress(fraction)
         if self.kd_anneal_from is None:
             return
         t0 = self.kd_anneal_from
@@ -79,6 +85,7 @@ class Objective(torch.nn.Module):
         student: Outputs,  # logits [B, C] or [B, T, V]; mask None or [B, T]
         supervised: torch.Tensor,  # the family's loss on gold labels (float32 scalar)
         teacher: Optional[Outputs] = None,
+        labels: Optional[torch.Tensor] = None,  # gold labels [B], for terms with needs_labels
     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         z_s = student.logits.float()
         parts: Dict[str, torch.Tensor] = {}
@@ -92,12 +99,25 @@ class Objective(torch.nn.Module):
             z_t = teacher.logits.float().detach()
             for term in self.terms:
                 if term.weight > 0:
-                    value = (term.module(student, teacher) if isinstance(term.module, LayerMatch)
-                             else term.module(z_s, z_t, mask=student.mask))
+                    value = self._term(term.module, student, teacher, z_s, z_t, labels)
                     parts[term.name] = value
                     total = total + term.weight * value
         parts["loss"] = total
         return total, parts
+
+    @staticmethod
+    def _term(module: torch.nn.Module, student: Outputs, teacher: Outputs, z_s: torch.Tensor,
+              z_t: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
+        if isinstance(module, LayerMatch):
+            return module(student, teacher)
+        kw = {}
+        if getattr(module, "needs_labels", False):
+            if labels is None:
+                raise ValueError(f"{type(module).__name__} needs gold labels; the objective got none")
+            kw["labels"] = labels
+        if getattr(module, "needs_teacher_mask", False):  # each model's own answer span (ULD)
+            kw["teacher_mask"] = teacher.mask
+        return module(z_s, z_t, mask=student.mask, **kw)
 
 
 def check_weight(key: str, value: float, upper: Optional[float] = None) -> None:
@@ -130,8 +150,19 @@ def build_objective(cfg: Config) -> Objective:
                 terms[-1].module.resolve_stack(FAMILIES.get(cfg.teacher.family).stacks)
             except ConfigError as e:
                 raise ConfigError(f"objective.terms.{key}: {e}") from None
+    for term in terms:
+        key = "divergence" if term.name == div.name and div.name != NO_DIVERGENCE else f"objective.terms.{term.name}"
+        if hasattr(term.module, "check_setting"):  # the method's preconditions on task and family
+            try:
+                term.module.check_setting(get_task(cfg.dataset.name), cfg.teacher.family)
+            except ConfigError as e:
+                raise ConfigError(f"{key} ({term.name}): {e}") from None
+        if hasattr(term.module, "set_training_epochs"):
+            term.module.set_training_epochs(cfg.trainer.epochs)
     anneal = obj.kd.temperature if obj.kd.anneal else None
-    return Objective(1.0 - obj.alpha, terms, kd_anneal_from=anneal)
+    ce_weight = 1.0 - obj.alpha if obj.ce_weight is None else obj.ce_weight
+    check_weight("objective.ce_weight", ce_weight)
+    return Objective(ce_weight, terms, kd_anneal_from=anneal)
 
 
 def fine_tune_objective() -> Objective:
@@ -143,6 +174,8 @@ def _build(key: str, name: str, params: dict) -> torch.nn.Module:
     try:
         if key.startswith("objective.terms.") and name in FEATURE_TERMS:
             return FEATURE_TERMS.build(name, **params)
+        if name in LABEL_TERMS:
+            return LABEL_TERMS.build(name, **params)
         return divergences.get(name, **params)
     except ConfigError as e:
         raise ConfigError(f"{key}: {e}") from None

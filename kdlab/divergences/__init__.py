@@ -26,3 +26,4 @@ def names() -> List[str]:
 
 # Importing the families registers them.
 from kdlab.divergences import fdiv, kl, mse, sinkhorn  # noqa: E402,F401
+from kdlab.methods import adaptive, universal  # noqa: E402,F401  (methods of the literature)
