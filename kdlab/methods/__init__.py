@@ -20,3 +20,5 @@ from __future__ import annotations
 from kdlab.registry import Registry
 
 LABEL_TERMS: Registry = Registry("label-aware term")
+
+from kdlab.methods import labelled  # noqa: E402,F401  (registration)

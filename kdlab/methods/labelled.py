@@ -201,7 +201,7 @@ class DEMD(LabelTerm):
         weight = self.frozen_embeddings if self.frozen else self._source
         if weight is None:
             raise ValueError("demd: no embeddings; the objective binds them from the student")
-        return F.normalize(weight.detach().float(), dim=-1)
+        return F.normalize(compute_dtype(weight.detach()), dim=-1)
 
     def forward(self, student_logits: Tensor, teacher_logits: Tensor, mask: Optional[Tensor] = None,
                 labels: Optional[Tensor] = None) -> Tensor:
