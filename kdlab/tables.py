@@ -48,7 +48,8 @@ METHOD_NAMES = {
     "sinkd": "SinKD (faithful)",
     "sinkd_sound": "SinKD (sound)",
 }
-TASK_NAMES = {"sst2": "SST-2", "stsb": "STS-B", "mnli": "MNLI", "axb": "AX-b", "axg": "AX-g"}
+TASK_NAMES = {"cola": "CoLA", "sst2": "SST-2", "stsb": "STS-B", "boolq": "BoolQ", "multirc": "MultiRC",
+              "record": "ReCoRD", "wic": "WiC", "axb": "AX-b", "axg": "AX-g"}
 
 
 class TableError(Exception):
@@ -57,7 +58,7 @@ class TableError(Exception):
 
 def task_label(task: str) -> str:
     short = task.split("/")[-1]
-    return TASK_NAMES.get(short, short.upper() if len(short) <= 4 else short.capitalize())
+    return TASK_NAMES.get(short, short.upper())
 
 
 def method_label(method: str) -> str:
@@ -345,9 +346,14 @@ def plot(table: Table, path: Path, title: str) -> None:
         for k, (p, _) in enumerate(PROTOCOLS):
             cells = [table.cells[m, t, p] for m in table.methods]
             means = [c.mean if c.mean is not None else math.nan for c in cells]
-            stds = [c.std or 0.0 for c in cells]
-            ax.bar([i + (k - 0.5) * 0.38 for i in x], means, width=0.38, yerr=stds, capsize=2,
-                   label=p, alpha=0.85)
+            stds = [c.std if c.std is not None else math.nan for c in cells]  # no bar for one seed
+            xs = [i + (k - 0.5) * 0.38 for i in x]
+            ax.bar(xs, means, width=0.38, yerr=stds, capsize=2, label=p, alpha=0.85)
+            for xi, c in zip(xs, cells, strict=True):  # gaps and incomplete cells stay visible
+                if len(c.values) != c.expected:
+                    ax.annotate("gap" if c.mean is None else f"{len(c.values)}/{c.expected}", (xi, 0),
+                                xycoords=("data", "axes fraction"), ha="center", va="bottom",
+                                fontsize=6, color="red", rotation=90)
         ref = [table.cells[m, t, "best"].reference for m in table.methods]
         if any(r is not None for r in ref):
             ax.scatter(x, [math.nan if r is None else r for r in ref], marker="_", s=200, c="k",
