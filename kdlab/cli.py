@@ -26,8 +26,8 @@ def app(cfg: DictConfig) -> float:
         # A user error: one clear message, no traceback.
         print(f"kdlab: error: {e}", file=sys.stderr)
         sys.exit(2)
-    # Returned for sweepers (e.g. Optuna) that optimise the task's main metric.
-    return results["student"]["dev"][results["metric"]]
+    # Returned for sweepers (e.g. Optuna) that optimise the task's main metric (rank 0 only).
+    return results["student"]["dev"][results["metric"]] if results else None
 
 
 def main() -> None:

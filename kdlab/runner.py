@@ -156,6 +156,8 @@ def _copy_checkpoints(src: Path, dst: Path) -> None:
 def summarise(result: LoopResult, select: str) -> Dict[str, Any]:
     """``dev`` (the selected checkpoint), ``dev_last`` and ``dev_best`` (per-metric max)."""
     evals = result.evaluations
+    if not evals:  # ranks other than 0 do not evaluate
+        return {"dev": {}, "evaluations": 0}
     last = evals[-1]["metrics"]
     best = {k: max(e["metrics"][k] for e in evals if k in e["metrics"]) for k in last}
     chosen = last
@@ -240,16 +242,17 @@ def run(cfg: Config) -> Dict[str, Any]:
         outputs = exp.teacher_outputs(teacher, teacher_hash, train_ds, [ex.idx for ex in train_examples])
         student, result = exp.fit_student(teacher, train_ds, evals, "student", outputs=outputs,
                                           resume_dir=resume_from, meta=ckpt_meta)
+        if not distributed.is_main():  # rank 0 alone reports
+            exit_code = 0
+            return {}
         results["student"] = {"name": cfg.student.name, "params": count_params(student.model),
                               **summarise(result, cfg.trainer.select)}
         results.update(divergence=cfg.divergence.name, seed=cfg.seed, steps=result.steps,
                        wall_seconds=round(time.perf_counter() - start, 2), config=resolved, meta=meta)
-        if distributed.is_main():
-            tracker.log({f"dev/{who}/{k}": v for who in ("teacher", "student")
-                         for k, v in results[who]["dev"].items()})
-            tracker.summary({"dev_student": results["student"]["dev"], "dev_teacher": results["teacher"]["dev"]})
-            write_json_atomic(out_dir / RESULTS_FILE, results)
-            print(format_table(results))
+        tracker.log({f"dev/{who}/{k}": v for who in ("teacher", "student") for k, v in results[who]["dev"].items()})
+        tracker.summary({"dev_student": results["student"]["dev"], "dev_teacher": results["teacher"]["dev"]})
+        write_json_atomic(out_dir / RESULTS_FILE, results)
+        print(format_table(results))
         exit_code = 0
         return results
     finally:
