@@ -21,7 +21,7 @@ def softmax(row):
 
 
 def kl(a, b):
-    return sum(x * (math.log(x) - math.log(y)) for x, y in zip(a, b) if x > 0)
+    return sum(x * (math.log(x) - math.log(y)) for x, y in zip(a, b, strict=True) if x > 0)
 
 
 def logits(*shape, scale=2.0, dtype=torch.float64):
@@ -35,10 +35,10 @@ def test_skew_kl_is_distillm_up_to_the_teacher_entropy():
     z_s, z_t = logits(3, 5), logits(3, 5)
     ours = get("skew_kl", skew=0.1)(z_s, z_t)
     rows = []
-    for s, t in zip(z_s.tolist(), z_t.tolist()):
+    for s, t in zip(z_s.tolist(), z_t.tolist(), strict=True):
         p, q = softmax(t), softmax(s)
-        m = [0.1 * a + 0.9 * b for a, b in zip(p, q)]
-        distillm = -sum(a * math.log(c) for a, c in zip(p, m))  # the authors' loss
+        m = [0.1 * a + 0.9 * b for a, b in zip(p, q, strict=True)]
+        distillm = -sum(a * math.log(c) for a, c in zip(p, m, strict=True))  # the authors' loss
         entropy = -sum(a * math.log(a) for a in p)
         rows.append(distillm - entropy)
     assert ours.item() == pytest.approx(sum(rows) / len(rows), rel=1e-9)
@@ -57,9 +57,9 @@ def test_skew_rkl_by_hand():
     z_s, z_t = logits(2, 4), logits(2, 4)
     ours = get("skew_rkl", skew=0.1)(z_s, z_t)
     rows = []
-    for s, t in zip(z_s.tolist(), z_t.tolist()):
+    for s, t in zip(z_s.tolist(), z_t.tolist(), strict=True):
         p, q = softmax(t), softmax(s)
-        rows.append(kl(q, [0.9 * a + 0.1 * b for a, b in zip(p, q)]))
+        rows.append(kl(q, [0.9 * a + 0.1 * b for a, b in zip(p, q, strict=True)]))
     assert ours.item() == pytest.approx(sum(rows) / 2, rel=1e-9)
 
 
@@ -70,14 +70,14 @@ def test_skew_rkl_by_hand():
 def test_gkd_jsd_by_hand(beta):
     z_s, z_t = logits(3, 4), logits(3, 4)
     rows = []
-    for s, t in zip(z_s.tolist(), z_t.tolist()):
+    for s, t in zip(z_s.tolist(), z_t.tolist(), strict=True):
         p, q = softmax(t), softmax(s)
         if beta == 0.0:
             rows.append(kl(p, q))
         elif beta == 1.0:
             rows.append(kl(q, p))
         else:
-            m = [beta * a + (1 - beta) * b for a, b in zip(p, q)]
+            m = [beta * a + (1 - beta) * b for a, b in zip(p, q, strict=True)]
             rows.append(beta * kl(p, m) + (1 - beta) * kl(q, m))
     assert get("js", beta=beta)(z_s, z_t).item() == pytest.approx(sum(rows) / 3, rel=1e-9)
 
@@ -109,7 +109,7 @@ def akl_by_hand(s, t, mu=0.5):
 
 def test_akl_by_hand():
     z_s, z_t = logits(4, 6), logits(4, 6)
-    expected = sum(akl_by_hand(s, t) for s, t in zip(z_s.tolist(), z_t.tolist())) / 4
+    expected = sum(akl_by_hand(s, t) for s, t in zip(z_s.tolist(), z_t.tolist(), strict=True)) / 4
     assert get("akl")(z_s, z_t).item() == pytest.approx(expected, rel=1e-9)
 
 
@@ -145,7 +145,7 @@ def test_akl_weights_are_detached():
 
 def dkd_by_hand(z_s, z_t, y, alpha, beta, T):
     tckd = nckd = 0.0
-    for s, t, c in zip(z_s, z_t, y):
+    for s, t, c in zip(z_s, z_t, y, strict=True):
         ps, pt = softmax([v / T for v in s]), softmax([v / T for v in t])
         bs, bt = [ps[c], 1 - ps[c]], [pt[c], 1 - pt[c]]
         tckd += kl(bt, bs)
@@ -193,11 +193,11 @@ def test_dkd_gradcheck():
 
 def pld_by_hand(z_s, z_t, y, tau):
     total = 0.0
-    for s, t, c in zip(z_s, z_t, y):
+    for s, t, c in zip(z_s, z_t, y, strict=True):
         pi = [c] + sorted((i for i in range(len(s)) if i != c), key=lambda i: -t[i])
         w = softmax([v / tau for v in t])
         for k in range(len(pi)):
-            rest = [s[pi[l]] for l in range(k, len(pi))]
+            rest = [s[pi[j]] for j in range(k, len(pi))]
             m = max(rest)
             lse = m + math.log(sum(math.exp(v - m) for v in rest))
             total += w[pi[k]] * (lse - s[pi[k]])
@@ -240,7 +240,7 @@ def test_label_terms_refuse_to_run_without_labels():
 def uld_by_hand(s_rows, t_rows):
     """Sequences given as lists of answer-position logit rows (already cut and aligned)."""
     per_seq = []
-    for s, t in zip(s_rows, t_rows):
+    for s, t in zip(s_rows, t_rows, strict=True):
         n = min(len(s), len(t))
         if n == 0:
             continue
@@ -249,7 +249,7 @@ def uld_by_hand(s_rows, t_rows):
             ps, pt = sorted(softmax(s[j]), reverse=True), sorted(softmax(t[j]), reverse=True)
             V = max(len(ps), len(pt))
             ps, pt = ps + [0.0] * (V - len(ps)), pt + [0.0] * (V - len(pt))
-            dist += sum(abs(a - b) for a, b in zip(ps, pt))
+            dist += sum(abs(a - b) for a, b in zip(ps, pt, strict=True))
         per_seq.append(dist / n)
     return sum(per_seq) / len(per_seq)
 
@@ -297,9 +297,9 @@ def test_demd_gold_target_by_hand():
     demd.set_embeddings(E)
     rows = []
     e = [unit(r) for r in E.tolist()]
-    for s, c in zip(z_s.tolist(), y.tolist()):
+    for s, c in zip(z_s.tolist(), y.tolist(), strict=True):
         q = softmax(s)
-        emd = sum(q[i] * (1 - sum(a * b for a, b in zip(e[i], e[c]))) for i in range(4))
+        emd = sum(q[i] * (1 - sum(a * b for a, b in zip(e[i], e[c], strict=True))) for i in range(4))
         mle = -math.log(q[c])
         rows.append(0.5 * (mle + mle / emd * emd))
     assert demd(z_s, z_t, labels=y).item() == pytest.approx(sum(rows) / 3, rel=1e-9)
@@ -342,8 +342,8 @@ def test_demd_teacher_target_extension():
     demd.set_embeddings(E)
     e = [unit(r) for r in E.tolist()]
     rows = []
-    for s, t in zip(z_s.tolist(), z_t.tolist()):
+    for s, t in zip(z_s.tolist(), z_t.tolist(), strict=True):
         q, p = softmax(s), softmax(t)
-        rows.append(sum(p[i] * q[j] * (1 - sum(a * b for a, b in zip(e[i], e[j])))
+        rows.append(sum(p[i] * q[j] * (1 - sum(a * b for a, b in zip(e[i], e[j], strict=True)))
                         for i in range(4) for j in range(4)))
     assert demd(z_s, z_t).item() == pytest.approx(sum(rows) / 3, rel=1e-9)
