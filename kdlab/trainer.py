@@ -241,7 +241,7 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             result.steps += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{seen / max(time.perf_counter() - t0, 1e-9):.1f}")
             if distributed.is_main() and (result.steps % settings.log_every == 0 or result.steps == steps):
                 elapsed = time.perf_counter() - t0
                 row = {"phase": phase, "phase_step": result.steps,

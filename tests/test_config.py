@@ -78,3 +78,13 @@ def test_data_dir_without_the_task_names_the_file(tmp_path, cache_dir):
     with pytest.raises(DataError, match=r"RTE.*train.tsv"):
         run(cfg)
     assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_cuda_on_a_machine_without_one_is_refused():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    cfg = compose_config(["output_dir=/tmp/x", "hardware=cuda"])
+    with pytest.raises(ConfigError, match="no CUDA device; use hardware=cpu"):
+        validate(cfg)
