@@ -37,6 +37,7 @@ clean:
 
 # -- SinKD tables (docs/reproducing.md): one Hydra multirun per table, then kdlab-table ------
 # Every invocation sweeps into a fresh directory, so a rerun never mixes with stale results.
+# The table is written even when some jobs failed (they show as gaps); make then fails.
 TABLE_STAMP := $(shell date +%Y-%m-%d_%H-%M-%S)
 SEEDS       ?= 0,1,2
 METHODS     ?= finetune,kd,rkl,js,tvd,sinkd,sinkd_sound
@@ -53,20 +54,24 @@ TABLE_ARGS  = $(if $(REFERENCE),--reference $(REFERENCE))
 
 table-glue-cpu:  ## CPU-sized SinKD GLUE table: 4 methods x SST-2, CoLA x 2 seeds (~30 min here)
 	$(BIN)/kdlab -m experiment=sinkd/glue_cpu experiment/sinkd/glue/task=$(CPU_TASKS) seed=$(CPU_SEEDS) \
-	  experiment/sinkd/method=$(CPU_METHODS) logger=none hydra.sweep.dir=$(TABLE_ROOT)/glue_cpu/$(TABLE_STAMP)
-	$(BIN)/kdlab-table $(TABLE_ROOT)/glue_cpu/$(TABLE_STAMP) --out docs/results/glue_cpu $(TABLE_ARGS)
+	  experiment/sinkd/method=$(CPU_METHODS) logger=none hydra.sweep.dir=$(TABLE_ROOT)/glue_cpu/$(TABLE_STAMP); \
+	status=$$?; $(BIN)/kdlab-table $(TABLE_ROOT)/glue_cpu/$(TABLE_STAMP) --out docs/results/glue_cpu $(TABLE_ARGS) \
+	  --title "SinKD GLUE study, CPU-sized (MiniLM-L6 -> 2 layers, 10 steps)" && exit $$status
 
 table-glue:  ## SinKD GLUE table, one GPU: 7 methods x 7 tasks x 3 seeds (add hydra/launcher=slurm via ARGS)
 	$(BIN)/kdlab -m experiment=sinkd/glue experiment/sinkd/glue/task=$(GLUE_TASKS) seed=$(SEEDS) \
-	  experiment/sinkd/method=$(METHODS) hydra.sweep.dir=$(TABLE_ROOT)/glue/$(TABLE_STAMP) $(ARGS)
-	$(BIN)/kdlab-table $(TABLE_ROOT)/glue/$(TABLE_STAMP) --out $(TABLE_ROOT)/glue/$(TABLE_STAMP)/table $(TABLE_ARGS)
+	  experiment/sinkd/method=$(METHODS) hydra.sweep.dir=$(TABLE_ROOT)/glue/$(TABLE_STAMP) $(ARGS); \
+	status=$$?; $(BIN)/kdlab-table $(TABLE_ROOT)/glue/$(TABLE_STAMP) --out $(TABLE_ROOT)/glue/$(TABLE_STAMP)/table \
+	  $(TABLE_ARGS) --title "SinKD GLUE study (BERT-base -> BERT-6L)" && exit $$status
 
 table-superglue-seq2seq:  ## SinKD SuperGLUE table, encoder-decoder teacher and student
 	$(BIN)/kdlab -m experiment=sinkd/superglue_seq2seq dataset=$(SG_TASKS) seed=$(SEEDS) \
-	  experiment/sinkd/method=$(METHODS) hydra.sweep.dir=$(TABLE_ROOT)/superglue_seq2seq/$(TABLE_STAMP) $(ARGS)
-	$(BIN)/kdlab-table $(TABLE_ROOT)/superglue_seq2seq/$(TABLE_STAMP) --out $(TABLE_ROOT)/superglue_seq2seq/$(TABLE_STAMP)/table $(TABLE_ARGS)
+	  experiment/sinkd/method=$(METHODS) hydra.sweep.dir=$(TABLE_ROOT)/superglue_seq2seq/$(TABLE_STAMP) $(ARGS); \
+	status=$$?; $(BIN)/kdlab-table $(TABLE_ROOT)/superglue_seq2seq/$(TABLE_STAMP) \
+	  --out $(TABLE_ROOT)/superglue_seq2seq/$(TABLE_STAMP)/table $(TABLE_ARGS) --title "SinKD SuperGLUE study, encoder-decoder" && exit $$status
 
 table-superglue-causal:  ## SinKD SuperGLUE table, decoder-only teacher and student
 	$(BIN)/kdlab -m experiment=sinkd/superglue_causal dataset=$(SG_TASKS) seed=$(SEEDS) \
-	  experiment/sinkd/method=$(METHODS) hydra.sweep.dir=$(TABLE_ROOT)/superglue_causal/$(TABLE_STAMP) $(ARGS)
-	$(BIN)/kdlab-table $(TABLE_ROOT)/superglue_causal/$(TABLE_STAMP) --out $(TABLE_ROOT)/superglue_causal/$(TABLE_STAMP)/table $(TABLE_ARGS)
+	  experiment/sinkd/method=$(METHODS) hydra.sweep.dir=$(TABLE_ROOT)/superglue_causal/$(TABLE_STAMP) $(ARGS); \
+	status=$$?; $(BIN)/kdlab-table $(TABLE_ROOT)/superglue_causal/$(TABLE_STAMP) \
+	  --out $(TABLE_ROOT)/superglue_causal/$(TABLE_STAMP)/table $(TABLE_ARGS) --title "SinKD SuperGLUE study, decoder-only" && exit $$status
