@@ -138,9 +138,11 @@ def reduce(values: Tensor, n_rows: int, reduction: str) -> Tensor:
     return values.sum() / max(values.numel(), 1)
 
 
-# Rows are processed in blocks of about this many elements, so that the temporaries of
-# the elementwise passes stay in cache instead of streaming [N, V] tensors through memory.
-FUSED_BLOCK = 1 << 19
+# Rows are processed in blocks of about this many elements (256 rows at V = 32000): the
+# temporaries of the elementwise passes are then block-sized instead of [N, V]. Smaller
+# blocks were faster on an idle CPU but much slower on a loaded one (every op waits for
+# its threads to be scheduled, and small blocks mean many ops).
+FUSED_BLOCK = 1 << 23
 
 
 class _FusedPointwise(torch.autograd.Function):
