@@ -39,7 +39,9 @@ PROTOCOLS: Tuple[Tuple[str, str], ...] = (("best", "dev_best"), ("last", "dev_la
 AVERAGE = "average"
 SCALE = 100.0  # metrics are reported as percentages, as in the papers
 # Display order and names of the method presets; other methods follow alphabetically.
+TEACHER = "teacher"  # a row of the teachers' scores, one per task and seed
 METHOD_NAMES = {
+    TEACHER: "Teacher",
     "finetune": "Student (no teacher)",
     "kd": "KD",
     "rkl": "RKL",
@@ -75,6 +77,7 @@ class Run:
     seed: int
     metric: Optional[str] = None
     scores: Dict[str, float] = field(default_factory=dict)  # protocol -> main metric
+    teacher: Optional[float] = None
 
     @property
     def ok(self) -> bool:
@@ -103,7 +106,7 @@ def read_run(job_dir: Path, method_key: str) -> Run:
             dev = student.get(key, student["dev"])
             scores[protocol] = float(dev[metric]) * SCALE
         return Run(job_dir, str(_select(cfg, method_key, results)), res["task"], int(res["seed"]),
-                   metric, scores)
+                   metric, scores, float(res["teacher"]["dev"][metric]) * SCALE)
     cfg_file = job_dir / ".hydra" / "config.yaml"
     cfg = OmegaConf.to_container(OmegaConf.load(cfg_file), resolve=False)
     return Run(job_dir, str(_select(cfg, method_key, cfg_file)), str(_select(cfg, "dataset.name", cfg_file)),
@@ -181,7 +184,7 @@ class Table:
     def missing(self) -> List[Tuple[str, str, int]]:
         """(method, task, seed) of the grid with no job directory at all."""
         have = {(r.method, r.task, r.seed) for r in self.runs}
-        return [(m, t, s) for m in self.methods for t in self.tasks if t != AVERAGE
+        return [(m, t, s) for m in self.methods if m != TEACHER for t in self.tasks if t != AVERAGE
                 for s in self.seeds if (m, t, s) not in have]
 
 
@@ -194,6 +197,10 @@ def build_table(runs: List[Run], reference: Optional[Dict[Tuple[str, str], float
     """Aggregate runs into cells: mean and std over seeds per method, task and protocol."""
     if not runs:
         raise TableError("no runs: no results.json and no .hydra/ directory under the sweep")
+    # The teacher row: each task and seed's teacher score once (every run of it has the same).
+    teachers = {(r.task, r.seed): r.teacher for r in runs if r.teacher is not None}
+    runs = [*runs, *(Run(Path(), TEACHER, t, s, None, {p: v for p, _ in PROTOCOLS})
+                     for (t, s), v in teachers.items())]
     methods = _order({r.method for r in runs})
     tasks = sorted({r.task for r in runs}, key=task_label)
     seeds = sorted({r.seed for r in runs})
@@ -218,7 +225,8 @@ def build_table(runs: List[Run], reference: Optional[Dict[Tuple[str, str], float
             cells[m, AVERAGE, protocol] = Cell(
                 avg, len(seeds), failed=sum(cells[m, t, protocol].failed for t in tasks),
                 reference=statistics.fmean(ref) if all(v is not None for v in ref) else None)
-    return Table(methods, [*tasks, AVERAGE], metrics, cells, runs, seeds, has_reference=bool(reference))
+    return Table(methods, [*tasks, AVERAGE], metrics, cells, [r for r in runs if r.method != TEACHER], seeds,
+                 has_reference=bool(reference))
 
 
 def read_reference(path: Path) -> Dict[Tuple[str, str], float]:
@@ -358,11 +366,11 @@ def plot(table: Table, path: Path, title: str) -> None:
         if any(r is not None for r in ref):
             ax.scatter(x, [math.nan if r is None else r for r in ref], marker="_", s=200, c="k",
                        label="reference", zorder=3)
-        finite = [v for m in table.methods for p, _ in PROTOCOLS
-                  for v in table.cells[m, t, p].values]
-        if finite:
-            lo, hi = min(finite), max(finite)
-            pad = max(1.0, 0.15 * (hi - lo))
+        ends = [c.mean + sign * (c.std or 0.0) for m in table.methods for p, _ in PROTOCOLS
+                for c in [table.cells[m, t, p]] if c.mean is not None for sign in (-1, 1)]
+        if ends:
+            lo, hi = min(ends), max(ends)
+            pad = max(1.0, 0.1 * (hi - lo))
             ax.set_ylim(lo - 2 * pad, hi + pad)
         metric = table.metrics.get(t, "") if t != AVERAGE else "mean over tasks"
         ax.set_title(f"{_header(t, table)} ({metric})", fontsize=9)

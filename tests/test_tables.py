@@ -66,10 +66,11 @@ def scores(root: Path, method: str, task: str, key: str) -> list[float]:
 
 def test_cells_are_means_and_stds_over_seeds(sweep):
     table = build_table(find_runs(sweep))
-    assert table.methods == ["kd", "sinkd"]  # the presets' order, not alphabetical by chance
+    assert table.methods == ["teacher", "kd", "sinkd"]  # the presets' order
+    assert table.cells["teacher", "glue/sst2", "best"].values == [90.0, 90.0, 90.0]  # once per seed
     assert table.tasks == ["glue/cola", "glue/sst2", AVERAGE]
     assert table.seeds == [0, 1, 2]
-    for m in table.methods:
+    for m in ("kd", "sinkd"):
         for t in ("glue/sst2", "glue/cola"):
             for protocol, key in (("best", "dev_best"), ("last", "dev_last")):
                 values = scores(sweep, m, t, key)
@@ -131,7 +132,7 @@ def test_reference_differences(sweep, tmp_path):
 
 def test_method_key_groups_runs_by_any_config_key(sweep):
     table = build_table(find_runs(sweep, method_key="divergence.name"))
-    assert table.methods == ["div_kd", "div_sinkd"]
+    assert table.methods == ["teacher", "div_kd", "div_sinkd"]
     with pytest.raises(tables.TableError, match="no key 'trainer.nope'"):
         find_runs(sweep, method_key="trainer.nope")
 
@@ -145,7 +146,7 @@ def test_cli_writes_every_format(sweep, tmp_path, capsys):
     tex = (out / "table.tex").read_text()
     assert r"\multicolumn{2}{c}{SST-2}" in tex and r"$\pm$" in tex and r"\bottomrule" in tex
     rows = list(csv.DictReader((out / "table.csv").open()))
-    assert len(rows) == 2 * 3 * 2  # methods x (tasks + average) x protocols
+    assert len(rows) == 3 * 3 * 2  # (teacher + methods) x (tasks + average) x protocols
     row = next(r for r in rows if r["method"] == "kd" and r["task"] == "glue/cola" and r["protocol"] == "best")
     assert (row["n"], row["expected"], row["failed"], row["metric"]) == ("2", "3", "1", "mcc")
     assert float(row["mean"]) == pytest.approx(55.5)
