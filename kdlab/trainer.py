@@ -212,7 +212,7 @@ def train(
             teacher = teacher_outputs(batch) if objective.needs_teacher else None
             with autocast(device, precision):
                 out = family.forward(train_model, batch)
-            loss, parts = objective(out, family.supervised_loss(out, batch), teacher)
+            loss, parts = objective(out, family.supervised_loss(out, batch), teacher, labels=batch["labels"])
             epoch_batches += 1
             if not torch.isfinite(loss):
                 detail = ", ".join(f"{k}={v.item():.4g}" for k, v in parts.items())

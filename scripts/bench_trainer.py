@@ -64,7 +64,7 @@ def breakdown(student, teacher, batches, objective, steps):
         out = FAMILY.forward(student, batch)
         ce = FAMILY.supervised_loss(out, batch)
         t3 = time.perf_counter()
-        loss, _ = objective(out, ce, t_out)
+        loss, _ = objective(out, ce, t_out, labels=batch["labels"])
         t4 = time.perf_counter()
         loss.backward()
         t5 = time.perf_counter()

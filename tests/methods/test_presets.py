@@ -18,8 +18,7 @@ PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "experiment" / "m
 PRESETS = sorted(str(p.relative_to(PRESET_DIR.parent).with_suffix("")) for p in PRESET_DIR.rglob("*.yaml")
                  if p.stem != "sizes")
 CPU = [p for p in PRESETS if p.startswith("methods/cpu/")]
-NEEDS_LABELS = {"methods/cpu/dkd", "methods/cpu/pld", "methods/cpu/emo"}
-DEFAULT_SUITE = {"methods/cpu/akl", "methods/cpu/distilbert"}
+DEFAULT_SUITE = {"methods/cpu/dkd", "methods/cpu/distilbert"}
 
 
 def test_one_published_and_one_cpu_preset_per_method():
@@ -90,10 +89,7 @@ def test_build_objective_sets_dkd_epochs():
 
 
 @pytest.mark.parametrize("preset", [
-    pytest.param(p, marks=[m for m in (
-        None if p in DEFAULT_SUITE else pytest.mark.slow,
-        pytest.mark.xfail(strict=True, reason="the trainer does not pass labels to the objective yet")
-        if p in NEEDS_LABELS else None) if m is not None]) for p in CPU])
+    pytest.param(p, marks=[] if p in DEFAULT_SUITE else [pytest.mark.slow]) for p in CPU])
 def test_cpu_preset_runs(preset, tmp_path, data_dir, cache_dir):
     out = run_cli([f"experiment={preset}", "trainer.max_steps=3", "trainer.log_every=1", "logger=none",
                    f"hydra.run.dir={tmp_path}", f"cache_dir={cache_dir}"],
