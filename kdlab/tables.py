@@ -1,22 +1,14 @@
 """Paper tables from a sweep: ``kdlab-table <multirun dir> [--reference FILE] [--out DIR]``.
 
-Every job directory under the sweep is read: one with a ``results.json`` is a finished
-run; one with a ``.hydra/`` but no ``results.json`` is a failed or unfinished run, and is
-counted (and listed) as such rather than dropped. The table has one row per method and
-one column per task plus the average, each cell the task's main metric (x100) as mean ±
-sample standard deviation over seeds, under two protocols side by side:
-
-* ``best``: ``student.dev_best``, the per-metric maximum over the evaluations of a run
-  (the published SinKD protocol; ``student.dev`` when a run has no ``dev_best``);
-* ``last``: ``student.dev_last``, the last checkpoint (``student.dev`` when absent).
-
-The method of a run is the value of ``--method-key`` in its config, by default
-``experiment_name``, which each method preset (``experiment/sinkd/method/*``) sets to its
-own name. A cell with fewer seeds than the sweep has reads e.g. ``85.1 ± 0.4 (2/3)``; an
-empty cell is ``–``. With ``--reference`` (CSV ``method,task,value`` or JSON
-``{method: {task: value}}``, values on the table's x100 scale) the difference from the
-reference numbers is reported too. Outputs: ``<name>.md``, ``<name>.tex``, ``<name>.csv``
-and ``<name>.png`` in ``--out`` (default: the sweep directory).
+Every job directory under the sweep is read: one with a ``results.json`` is a finished run,
+one with a ``.hydra/`` but no ``results.json`` a failed or unfinished run, counted and listed
+rather than dropped. Rows are the teacher and the methods (a run's method is its config's
+``--method-key``, by default ``experiment_name``, which every method preset sets), columns
+the tasks and their average; each cell is the task's main metric x100, mean ± sample std
+over seeds, under two protocols side by side: ``best`` (``student.dev_best``, the maximum
+over a run's evaluations: the published SinKD protocol) and ``last`` (``student.dev_last``,
+the last checkpoint); both fall back to ``student.dev``. Outputs ``<name>.md``, ``.tex``,
+``.csv`` and ``.png``. See docs/reproducing.md.
 """
 
 from __future__ import annotations
@@ -38,8 +30,8 @@ from kdlab.tracking import RESULTS_FILE
 PROTOCOLS: Tuple[Tuple[str, str], ...] = (("best", "dev_best"), ("last", "dev_last"))
 AVERAGE = "average"
 SCALE = 100.0  # metrics are reported as percentages, as in the papers
-# Display order and names of the method presets; other methods follow alphabetically.
 TEACHER = "teacher"  # a row of the teachers' scores, one per task and seed
+# Display order and names of the method presets; other methods follow alphabetically.
 METHOD_NAMES = {
     TEACHER: "Teacher",
     "finetune": "Student (no teacher)",
