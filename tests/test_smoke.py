@@ -11,8 +11,15 @@ RESULT_KEYS = {"task", "metric", "teacher", "student", "divergence", "seed", "st
 
 
 @pytest.fixture(scope="module")
-def smoke_runs(tmp_path_factory, data_dir, cache_dir):
+def own_cache(tmp_path_factory):
+    """A cache of its own: the first run must fine-tune whatever other tests cached."""
+    return tmp_path_factory.mktemp("smoke-cache")
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory, data_dir, own_cache):
     """Two smoke runs sharing a cache: the first fine-tunes the teacher, the second reuses it."""
+    cache_dir = own_cache
     runs = []
     for i in range(2):
         run_dir = tmp_path_factory.mktemp(f"smoke{i}")
@@ -64,7 +71,8 @@ def test_metrics_jsonl_logs_every_term(smoke_runs):
     assert final["dev/student/accuracy"] == json.loads((run_dir / "results.json").read_text())["student"]["dev"]["accuracy"]
 
 
-def test_second_run_reuses_the_cached_teacher(smoke_runs, cache_dir):
+def test_second_run_reuses_the_cached_teacher(smoke_runs, own_cache):
+    cache_dir = own_cache
     (first, _), (second, _) = smoke_runs
     phases = {r.get("phase") for r in read_jsonl(second / "metrics.jsonl")}
     assert "teacher_finetune" not in phases
