@@ -13,7 +13,7 @@ summed (or per-token) log-likelihood after the prompt and the best one is predic
 from __future__ import annotations
 
 import inspect
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 import torch
@@ -23,8 +23,7 @@ from kdlab.data import prompts
 from kdlab.errors import ConfigError
 from kdlab.families import FAMILIES
 from kdlab.families import tokens as tk
-from kdlab.families.base import Batch, Family, Outputs
-from kdlab.models.hf import load_lm
+from kdlab.families.base import Batch, Outputs
 from kdlab.precision import autocast
 
 
@@ -101,24 +100,12 @@ def _window_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_ma
 
 
 @FAMILIES.register("causal")
-class CausalFamily(Family):
+class CausalFamily(tk.TokenFamily):
     name = "causal"
     stacks = ("decoder",)
 
-    def __init__(self) -> None:
-        self.vocab: Optional[int] = None  # the tokenizer's size; logits beyond it are padding
-
-    def load(self, path: str, num_labels: int, key: str, reinit_head: bool = False) -> Any:
-        return load_lm(path, AutoModelForCausalLM, key)
-
-    def from_config(self, config: Any) -> torch.nn.Module:
-        return AutoModelForCausalLM.from_config(config)
-
-    def dataset(self, tokenizer: Any, examples: Sequence[Any], task: Any, dataset_cfg: Any,
-                cache_dir: Optional[str] = None) -> CausalDataset:
-        tk.check_not_record(task, self.name)
-        self.vocab = len(tokenizer)
-        return CausalDataset(tokenizer, examples, task, dataset_cfg)
+    auto_class = AutoModelForCausalLM
+    dataset_class = CausalDataset
 
     def forward(self, model: torch.nn.Module, batch: Batch) -> Outputs:
         mask = batch["target_mask"]  # [B, A]
@@ -126,9 +113,6 @@ class CausalFamily(Family):
                                      tk.model_kwargs(self, model))
         feats = tk.feature_fields(self, {"decoder": (out.hidden_states, out.attentions, batch["attention_mask"])})
         return Outputs(tk.slice_vocab(logits, self.vocab), mask, **feats)  # [B, A, V]
-
-    def supervised_loss(self, out: Outputs, batch: Batch) -> torch.Tensor:
-        return tk.token_cross_entropy(out.logits, batch["target_ids"], out.mask)
 
     @torch.no_grad()
     def predictions(self, model: torch.nn.Module, loader: Any, device: torch.device,

@@ -10,7 +10,7 @@ is evaluated by greedy generation of the score.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 import torch
@@ -20,8 +20,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from kdlab.data import prompts
 from kdlab.families import FAMILIES
 from kdlab.families import tokens as tk
-from kdlab.families.base import Batch, Family, Outputs
-from kdlab.models.hf import load_lm
+from kdlab.families.base import Batch, Outputs
 from kdlab.precision import autocast
 
 GENERATE_TOKENS = 8  # a score "3.4" is a handful of tokens
@@ -82,24 +81,12 @@ def shift_right(model: torch.nn.Module, targets: torch.Tensor) -> torch.Tensor:
 
 
 @FAMILIES.register("seq2seq")
-class Seq2SeqFamily(Family):
+class Seq2SeqFamily(tk.TokenFamily):
     name = "seq2seq"
     stacks = ("encoder", "decoder")
 
-    def __init__(self) -> None:
-        self.vocab: Optional[int] = None  # the tokenizer's size; logits beyond it are padding
-
-    def load(self, path: str, num_labels: int, key: str, reinit_head: bool = False) -> Any:
-        return load_lm(path, AutoModelForSeq2SeqLM, key)
-
-    def from_config(self, config: Any) -> torch.nn.Module:
-        return AutoModelForSeq2SeqLM.from_config(config)
-
-    def dataset(self, tokenizer: Any, examples: Sequence[Any], task: Any, dataset_cfg: Any,
-                cache_dir: Optional[str] = None) -> Seq2SeqDataset:
-        tk.check_not_record(task, self.name)
-        self.vocab = len(tokenizer)
-        return Seq2SeqDataset(tokenizer, examples, task, dataset_cfg)
+    auto_class = AutoModelForSeq2SeqLM
+    dataset_class = Seq2SeqDataset
 
     def forward(self, model: torch.nn.Module, batch: Batch) -> Outputs:
         mask = batch["target_mask"]  # [B, T]
@@ -111,9 +98,6 @@ class Seq2SeqFamily(Family):
             "decoder": (out.decoder_hidden_states, out.decoder_attentions, mask),
         })
         return Outputs(tk.slice_vocab(out.logits, self.vocab), mask, **feats)  # [B, T, V]
-
-    def supervised_loss(self, out: Outputs, batch: Batch) -> torch.Tensor:
-        return tk.token_cross_entropy(out.logits, batch["target_ids"], out.mask)
 
     @torch.no_grad()
     def predictions(self, model: torch.nn.Module, loader: Any, device: torch.device,

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from kdlab.errors import ConfigError
 from kdlab.families.base import Family
+from kdlab.models.hf import load_lm
 
 
 def eos_id(tokenizer: Any) -> int:
@@ -128,3 +129,30 @@ def flatten_choices(rows: Sequence[Dict[str, Any]]) -> Tuple[List[Any], torch.Te
         seqs.extend(r["choices"])
         owner.extend([i] * len(r["choices"]))
     return seqs, torch.tensor(owner, dtype=torch.long)
+
+
+class TokenFamily(Family):
+    """What the seq2seq and causal families share: language-model checkpoints, a dataset
+    class of their own, logits sliced to the tokenizer's vocabulary, token cross-entropy."""
+
+    auto_class: Any  # AutoModelForSeq2SeqLM / AutoModelForCausalLM
+    dataset_class: Any
+
+    def __init__(self) -> None:
+        self.vocab: Optional[int] = None  # the tokenizer's size; logits beyond it are padding
+
+    def load(self, path: str, num_labels: int, key: str, reinit_head: bool = False) -> Any:
+        return load_lm(path, self.auto_class, key)
+
+    def from_config(self, config: Any) -> torch.nn.Module:
+        return self.auto_class.from_config(config)
+
+    def dataset(self, tokenizer: Any, examples: Sequence[Any], task: Any, dataset_cfg: Any,
+                cache_dir: Optional[str] = None) -> Any:
+        check_not_record(task, self.name)
+        self.vocab = len(tokenizer)
+        return self.dataset_class(tokenizer, examples, task, dataset_cfg)
+
+    def supervised_loss(self, out: Any, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+        return token_cross_entropy(out.logits, batch["target_ids"], out.mask)
+
