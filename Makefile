@@ -45,18 +45,18 @@ GLUE_TASKS  ?= cola,mnli,mrpc,qnli,qqp,rte,sst2
 SG_TASKS    ?= superglue/boolq,superglue/cb,superglue/copa,superglue/rte,superglue/wic,superglue/wsc
 TABLE_ROOT  ?= multirun/tables
 CPU_SEEDS   ?= 0,1
-CPU_METHODS ?= finetune,kd,sinkd,sinkd_sound
-CPU_TASKS   ?= sst2,cola
+CPU_METHODS ?= $(METHODS)
+CPU_TASKS   ?= sst2,mrpc
 REFERENCE   ?=
 TABLE_ARGS  = $(if $(REFERENCE),--reference $(REFERENCE))
 
 .PHONY: table-glue-cpu table-glue table-superglue-seq2seq table-superglue-causal
 
-table-glue-cpu:  ## CPU-sized SinKD GLUE table: 4 methods x SST-2, CoLA x 2 seeds (~30 min here)
+table-glue-cpu:  ## CPU-sized SinKD GLUE table: 7 methods x SST-2, MRPC x 2 seeds (~15 min here)
 	$(BIN)/kdlab -m experiment=sinkd/glue_cpu experiment/sinkd/glue/task=$(CPU_TASKS) seed=$(CPU_SEEDS) \
 	  experiment/sinkd/method=$(CPU_METHODS) logger=none hydra.sweep.dir=$(TABLE_ROOT)/glue_cpu/$(TABLE_STAMP); \
 	status=$$?; $(BIN)/kdlab-table $(TABLE_ROOT)/glue_cpu/$(TABLE_STAMP) --out docs/results/glue_cpu $(TABLE_ARGS) \
-	  --title "SinKD GLUE study, CPU-sized (MiniLM-L6 -> 2 layers, 10 steps)" && exit $$status
+	  --title "SinKD GLUE study, CPU-sized (MiniLM-L6 -> 2 layers, 40 steps)" && exit $$status
 
 table-glue:  ## SinKD GLUE table, one GPU: 7 methods x 7 tasks x 3 seeds (add hydra/launcher=slurm via ARGS)
 	$(BIN)/kdlab -m experiment=sinkd/glue experiment/sinkd/glue/task=$(GLUE_TASKS) seed=$(SEEDS) \
