@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from kdlab.config import register_configs
 from kdlab.errors import ConfigError, DataError, ResourceError
 
+log = logging.getLogger(__name__)
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 
 register_configs()
@@ -23,6 +27,11 @@ def app(cfg: DictConfig) -> float:
     try:
         results = run(cfg)
     except (ConfigError, DataError, ResourceError, FloatingPointError) as e:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            # Raised, not exited: Hydra records the failed job and runs the rest of the
+            # sweep, then reports the error (tables show the job as a gap).
+            log.error("kdlab: error: %s", e)
+            raise
         # A user error: one clear message, no traceback.
         print(f"kdlab: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -252,7 +252,8 @@ def train(
                     row[f"{phase}/agreement"] = agreement(out, teacher)
                 for term in objective.terms:
                     for k, v in (getattr(term.module, "last_stats", None) or {}).items():
-                        row[f"{phase}/{term.name}/{k}"] = float(v)
+                        if isinstance(v, (int, float, torch.Tensor)):  # not labels such as the backend
+                            row[f"{phase}/{term.name}/{k}"] = float(v)
                 tracker.log(row)
             if settings.eval_strategy == "steps" and settings.eval_every > 0 \
                     and result.steps % settings.eval_every == 0 and result.steps < steps:

@@ -45,3 +45,10 @@ def test_failed_run_keeps_the_previous_results(tmp_path):
     assert out.returncode != 0
     assert "Traceback" not in out.stderr
     assert json.loads(results.read_text()) == {"task": "glue/sst2", "marker": 1}
+
+
+def test_a_failing_sweep_member_does_not_stop_the_sweep(tmp_path):
+    out = run_cli(["-m", "objective.alpha=1.5,2.0", "logger=none", f"hydra.sweep.dir={tmp_path}"])
+    assert out.returncode != 0
+    assert (tmp_path / "0").is_dir() and (tmp_path / "1").is_dir()  # the second job ran too
+    assert "objective.alpha=1.5: must be in [0, 1.0]" in out.stderr

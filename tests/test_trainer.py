@@ -177,3 +177,18 @@ def test_resume_from_an_incompatible_config_is_refused(tmp_path):
     checkpoint.save(d, 1, {"x": 1}, {"config": {"trainer.lr": 1e-3, "seed": 0}}, keep_last=2)
     with pytest.raises(ConfigError, match=r"different configuration \(changed: trainer.lr\)"):
         checkpoint.load_latest(d, {"trainer.lr": 5e-5, "seed": 0})
+
+
+def test_sound_sinkhorn_diagnostics_are_logged(tracker):
+    """Numeric diagnostics of a term reach metrics.jsonl; labels (the backend) are skipped."""
+    import json
+
+    from kdlab import divergences
+
+    teacher_model = tiny_model(seed=1).eval()
+    objective = Objective(0.5, [Term("sinkhorn", 0.8, divergences.get("sinkhorn", mode="sound"))])
+    train(tiny_model(), ToyData(), FAMILY, objective, settings(max_steps=2, batch_size=8), tracker, "test",
+          torch.device("cpu"), teacher_outputs=lambda b: FAMILY.forward(teacher_model, b))
+    rows = [json.loads(line) for line in (tracker.run_dir / "metrics.jsonl").read_text().splitlines()]
+    stats = {k for r in rows for k in r if k.startswith("test/sinkhorn/")}
+    assert stats and all(isinstance(rows[-1][k], float) for k in stats if k in rows[-1])
