@@ -12,7 +12,7 @@ install:  ## virtual environment + kdlab (editable) + dependencies, CPU torch
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install "$(TORCH)"
-	$(BIN)/pip install -e ".[test]"
+	$(BIN)/pip install -e ".[test,sweep]"
 
 run:  ## main job: fine-tune MiniLM on SST-2, distil it with SinKD, print the table
 	$(BIN)/kdlab experiment=glue_minilm
