@@ -109,11 +109,12 @@ class Experiment:
         distributed.barrier()  # other ranks hold the same (synchronised) weights in memory
         return loaded
 
-    def teacher_outputs(self, teacher: Loaded, teacher_hash: str, train_ds: Any, example_ids: List[int]):
+    def teacher_outputs(self, teacher: Loaded, teacher_hash: str, train_ds: Any, example_ids: List[int],
+                        needs_features: bool = False):
         """The teacher's outputs per batch: read from the on-disk cache, or computed live."""
         live = teacher_outputs.LiveTeacher(teacher.model, self.family, self.device, self.precision)
         if not self.cfg.trainer.cache_teacher_outputs or self.family.name != "encoder" \
-                or build_objective(self.cfg).features:  # feature terms need live hidden states
+                or needs_features:  # feature terms need live hidden states
             return live
         key = teacher_outputs.cache_key(
             teacher_hash, teacher.tokenizer, self.task.name, "train",
@@ -199,7 +200,7 @@ def run(cfg: Config) -> Dict[str, Any]:
     """Run the experiment of ``cfg``; returns the contents of ``results.json``."""
     start = time.perf_counter()
     validate(cfg)
-    build_objective(cfg)  # fail on bad divergence settings before loading anything
+    needs_features = bool(build_objective(cfg).features)  # fails on bad terms before loading anything
     transformers.logging.set_verbosity_error()  # load reports of fresh heads are expected here
     transformers.logging.disable_progress_bar()
     if cfg.hardware.num_threads:
@@ -239,7 +240,8 @@ def run(cfg: Config) -> Dict[str, Any]:
                                                 resume_dir=resume_from, meta=ckpt_meta)
             results["baseline_student"] = {"name": cfg.student.name, "params": count_params(base.model),
                                            **summarise(base_result, cfg.trainer.select)}
-        outputs = exp.teacher_outputs(teacher, teacher_hash, train_ds, [ex.idx for ex in train_examples])
+        outputs = exp.teacher_outputs(teacher, teacher_hash, train_ds, [ex.idx for ex in train_examples],
+                                      needs_features)
         student, result = exp.fit_student(teacher, train_ds, evals, "student", outputs=outputs,
                                           resume_dir=resume_from, meta=ckpt_meta)
         if not distributed.is_main():  # rank 0 alone reports
