@@ -24,7 +24,7 @@ from kdlab.errors import ConfigError
 from kdlab.families import FAMILIES
 from kdlab.families.base import Outputs
 from kdlab.features import FEATURE_TERMS, LayerMatch
-from kdlab.methods import LABEL_TERMS, labelled, layers  # noqa: F401  (registration)
+from kdlab.methods import LABEL_TERMS, labelled, layers, ted  # noqa: F401  (registration)
 
 NO_DIVERGENCE = "none"
 
@@ -66,6 +66,12 @@ class Objective(torch.nn.Module):
         for t in self.terms:
             if hasattr(t.module, "bind"):  # feature terms; terms reading the student's embeddings
                 t.module.bind(teacher, student, stacks)
+
+    def release(self) -> None:
+        """Undo what ``bind`` attached to the models (the encoder taps' hooks)."""
+        for t in self.terms:
+            if hasattr(t.module, "release"):
+                t.module.release()
 
     def set_progress(self, fraction: float) -> None:
         """SinKD's ``kd_anneal``: the KD temperature goes linearly from T to 1 over training.

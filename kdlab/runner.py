@@ -32,6 +32,7 @@ from kdlab.errors import ConfigError
 from kdlab.families import get_family
 from kdlab.metadata import config_for_resume, run_metadata
 from kdlab.models import STUDENTS, TEACHERS, Loaded, count_params
+from kdlab.methods import ted
 from kdlab.objective import build_objective, fine_tune_objective
 from kdlab.report import format_table
 from kdlab.tracking import RESULTS_FILE, NullTracker, Tracker, write_json_atomic
@@ -90,6 +91,7 @@ class Experiment:
         tcfg = self.cfg.teacher
         loaded = TEACHERS.get(tcfg.name)(tcfg, self.task.num_labels, self.cfg.cache_dir, self.family)
         check_student_tokenizer(self.cfg.student, loaded)  # before any fine-tuning
+        self.check_objective(loaded)
         if loaded.has_task_head and not tcfg.force_finetune:
             return loaded
         key = teacher_cache.key(loaded.source, self.task.name, tcfg.finetune, self.cfg.dataset.max_length)
@@ -108,6 +110,18 @@ class Experiment:
             loaded = teacher_cache.save(self.cfg.cache_dir, key, loaded, {"task": self.task.name, "teacher": tcfg.name})
         distributed.barrier()  # other ranks hold the same (synchronised) weights in memory
         return loaded
+
+    def check_objective(self, teacher: Loaded) -> None:
+        """Before any training: build the student and bind the objective's terms to both
+        models, so that a precondition of the pair (same width, layer maps, filter counts)
+        fails now rather than after the teacher's fine-tuning."""
+        student = STUDENTS.get(self.cfg.student.name)(self.cfg.student, teacher, self.task.num_labels, self.family)
+        check_pair(teacher, student, self.task.num_labels, self.family.name)
+        objective = build_objective(self.cfg)
+        try:
+            objective.bind(teacher.model, student.model, self.family.stacks)
+        finally:
+            objective.release()
 
     def teacher_outputs(self, teacher: Loaded, teacher_hash: str, train_ds: Any, example_ids: List[int],
                         needs_features: bool = False):
@@ -134,6 +148,7 @@ class Experiment:
         objective = build_objective(self.cfg) if outputs is not None else fine_tune_objective()
         objective.bind(teacher.model, student.model, self.family.stacks)
         self.family.features = objective.features  # hidden states / attentions for feature terms
+        self.stage_one(objective, teacher, student, train_ds)
         ckpt_dir = Path(self.cfg.output_dir) / "checkpoints" / phase
         if resume_dir is not None and resume_dir != Path(self.cfg.output_dir):
             _copy_checkpoints(resume_dir / "checkpoints" / phase, ckpt_dir)
@@ -145,6 +160,28 @@ class Experiment:
             checkpoint_dir=ckpt_dir, resume=resume_dir is not None, meta=meta,
         )
         return student, result
+
+
+    def stage_one(self, objective: Any, teacher: Loaded, student: Loaded, train_ds: Any) -> None:
+        """Terms trained in a stage of their own before distillation (TED's filters)."""
+        for term in ted.stage_one_terms(objective):
+            recipe, tr = term.recipe, self.cfg.trainer
+
+            def fit(model: torch.nn.Module, family: Any, lr: float, phase: str, recipe=recipe) -> None:
+                settings = LoopSettings(
+                    epochs=recipe.epochs, max_steps=recipe.max_steps, batch_size=recipe.batch_size, lr=lr,
+                    weight_decay=tr.weight_decay, warmup_ratio=recipe.warmup_ratio,
+                    max_grad_norm=tr.max_grad_norm, grad_accum=1, log_every=tr.log_every,
+                    progress=tr.progress, seed=recipe.seed)
+                set_seed(recipe.seed)
+                train(model, train_ds, family, fine_tune_objective(), settings, self.tracker, phase,
+                      self.device, self.precision)
+
+            ted.stage_one(term, teacher.model, student.model, ted.StageContext(
+                family=self.family, train_ds=train_ds, task=self.task.name,
+                max_length=self.cfg.dataset.max_length, cache_dir=self.cfg.cache_dir,
+                weights_hash=teacher_outputs.weights_hash, fit=fit, is_main=distributed.is_main,
+                barrier=distributed.barrier))
 
 
 def _copy_checkpoints(src: Path, dst: Path) -> None:

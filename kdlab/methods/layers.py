@@ -63,9 +63,14 @@ class TappedLayerMatch(LayerMatch):
         return super().resolve_stack(stacks) if stacks else TAP_STACK
 
     def bind_taps(self, teacher: torch.nn.Module, student: torch.nn.Module, stacks: Sequence[str]) -> None:
+        self.release()
+        self._taps = [] if stacks else [HiddenStateTap(teacher), HiddenStateTap(student)]
+
+    def release(self) -> None:
+        """Remove the hooks from the models."""
         for tap in self._taps:
             tap.remove()
-        self._taps = [] if stacks else [HiddenStateTap(teacher), HiddenStateTap(student)]
+        self._taps = []
 
     def select(self, out: Outputs) -> tuple:
         if not self._taps:

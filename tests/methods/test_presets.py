@@ -18,13 +18,13 @@ PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "experiment" / "m
 PRESETS = sorted(str(p.relative_to(PRESET_DIR.parent).with_suffix("")) for p in PRESET_DIR.rglob("*.yaml")
                  if p.stem != "sizes")
 CPU = [p for p in PRESETS if p.startswith("methods/cpu/")]
-DEFAULT_SUITE = {"methods/cpu/dkd", "methods/cpu/distilbert"}
+DEFAULT_SUITE = {"methods/cpu/dkd", "methods/cpu/distilbert", "methods/cpu/ted"}
 
 
 def test_one_published_and_one_cpu_preset_per_method():
     published = {Path(p).name for p in PRESETS if p not in CPU}
     assert published == {Path(p).name for p in CPU}
-    assert published >= {"skew_kl", "skew_rkl", "gkd", "akl", "dkd", "pld", "uld", "emo", "distilbert", "pkd"}
+    assert published >= {"skew_kl", "skew_rkl", "gkd", "akl", "dkd", "pld", "uld", "emo", "distilbert", "pkd", "ted"}
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -96,3 +96,14 @@ def test_cpu_preset_runs(preset, tmp_path, data_dir, cache_dir):
                   env_extra={"KDLAB_DATA_DIR": str(data_dir)})
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "results.json").is_file()
+
+
+def test_pair_preconditions_fail_before_the_teacher_is_fine_tuned(tmp_path, data_dir):
+    """A feature term the pair cannot serve stops the run before any training."""
+    cache = tmp_path / "cache"
+    out = run_cli(["experiment=methods/cpu/distilbert", "student=shrunk", "logger=none",
+                   f"hydra.run.dir={tmp_path / 'run'}", f"cache_dir={cache}"],
+                  env_extra={"KDLAB_DATA_DIR": str(data_dir)})
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "same hidden width (teacher 384, student 128)" in out.stderr
+    assert not (cache / "teachers").exists()  # the teacher was not fine-tuned
