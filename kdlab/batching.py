@@ -1,4 +1,5 @@
-"""Turning task examples into padded model batches (encoder family)."""
+"""Turning task examples into padded model batches (encoder family), and pairing two
+tokenisations of the same examples (teacher and student with different tokenizers)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,42 @@ class EncodedDataset(torch.utils.data.Dataset):
         index = torch.tensor([r.pop("index") for r in rows])
         batch = self.tokenizer.pad(rows, return_tensors="pt")
         return {**batch, "labels": labels, "index": index}
+
+
+TEACHER_PREFIX = "teacher."
+
+
+class PairedDataset(torch.utils.data.Dataset):
+    """The same examples tokenised for the student and for the teacher.
+
+    Batches are the student's, plus the teacher's tensors under ``teacher.<key>``
+    (``teacher_batch`` takes them back out): each model reads its own tokenisation of the
+    same examples, in the same order. ``labels`` and ``groups`` are the student's.
+    """
+
+    def __init__(self, student: Any, teacher: Any) -> None:
+        if len(student) != len(teacher):
+            raise ValueError(f"paired datasets differ in length: student {len(student)}, teacher {len(teacher)}")
+        self.student, self.teacher = student, teacher
+        self.labels = student.labels
+        self.groups = getattr(student, "groups", None)
+
+    def __len__(self) -> int:
+        return len(self.student)
+
+    def __getitem__(self, i: int) -> tuple:
+        return self.student[i], self.teacher[i]
+
+    def collate(self, rows: List[tuple]) -> Dict[str, torch.Tensor]:
+        batch = self.student.collate([s for s, _ in rows])
+        teacher = self.teacher.collate([t for _, t in rows])
+        return {**batch, **{TEACHER_PREFIX + k: v for k, v in teacher.items()}}
+
+
+def teacher_batch(batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The teacher's inputs: its own tokenisation when the batch carries one, else the batch."""
+    own = {k[len(TEACHER_PREFIX):]: v for k, v in batch.items() if k.startswith(TEACHER_PREFIX)}
+    return own or batch
 
 
 def loader(dataset: torch.utils.data.Dataset, batch_size: int, shuffle: bool = False,

@@ -68,6 +68,9 @@ class StudentConfig:
     layers: Optional[List[int]] = None  # for "from_teacher": teacher layer indices to keep
     # for "shrunk": config fields to override (num_hidden_layers, hidden_size, ...)
     overrides: Dict[str, Any] = field(default_factory=dict)
+    # for "shrunk": "teacher" (share the teacher's tokenizer) or "bytes" (a byte-level
+    # tokenizer of 260 tokens: a student that does not share the teacher's tokenizer)
+    tokenizer: str = "teacher"
 
 
 @dataclass

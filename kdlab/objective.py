@@ -60,6 +60,19 @@ class Objective(torch.nn.Module):
         """What the feature terms read from ``Outputs`` besides logits."""
         return frozenset(t.module.kind for t in self.terms if isinstance(t.module, LayerMatch) and t.weight > 0)
 
+    def shared_tokenizer_terms(self, family: str) -> List[str]:
+        """The weighted terms that need teacher and student to share a tokenizer: feature
+        terms (they match token positions) and, in the token families, every logit term but
+        those declaring ``cross_tokenizer`` (ULD), as they compare distributions over one
+        vocabulary. Encoder logits are over the task's classes, whatever the tokenizers."""
+        out = []
+        for t in self.terms:
+            if t.weight <= 0:
+                continue
+            if isinstance(t.module, LayerMatch) or (family != "encoder" and not getattr(t.module, "cross_tokenizer", False)):
+                out.append(t.name)
+        return out
+
     def bind(self, teacher: torch.nn.Module, student: torch.nn.Module, stacks: Sequence[str]) -> None:
         """Check feature terms against the models and create their projections (trained
         with the student: the trainer optimises ``self.parameters()`` too)."""

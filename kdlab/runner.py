@@ -25,19 +25,19 @@ from omegaconf import OmegaConf
 from transformers import set_seed
 
 from kdlab import checkpoint, distributed, teacher_cache, teacher_outputs
-from kdlab.batching import loader
+from kdlab.batching import PairedDataset, loader
 from kdlab.config import Config
 from kdlab.data import compute_metrics, get_task, load_split
 from kdlab.errors import ConfigError
 from kdlab.families import get_family
 from kdlab.metadata import config_for_resume, run_metadata
-from kdlab.models import STUDENTS, TEACHERS, Loaded, count_params
 from kdlab.methods import ted
+from kdlab.models import STUDENTS, TEACHERS, Loaded, count_params
 from kdlab.objective import build_objective, fine_tune_objective
 from kdlab.report import format_table
 from kdlab.tracking import RESULTS_FILE, NullTracker, Tracker, write_json_atomic
 from kdlab.trainer import LoopResult, LoopSettings, train
-from kdlab.validation import check_pair, check_student_tokenizer, validate
+from kdlab.validation import check_pair, check_student_tokenizer, same_tokenizer, validate
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,9 @@ class Experiment:
         self.device = device
         self.tracker = tracker
         self.precision = cfg.hardware.precision
+        # the distillation terms that need teacher and student to share a tokenizer
+        self.needs_shared = build_objective(cfg).shared_tokenizer_terms(self.family.name)
+        self.student_tokenizer: Any = None  # set by check_objective
 
     # -- data ---------------------------------------------------------------------------
     def examples(self, split: str, max_samples: Optional[int], seed: int) -> List[Any]:
@@ -90,7 +93,7 @@ class Experiment:
         """The teacher with a task head: loaded, or fine-tuned once and cached on disk."""
         tcfg = self.cfg.teacher
         loaded = TEACHERS.get(tcfg.name)(tcfg, self.task.num_labels, self.cfg.cache_dir, self.family)
-        check_student_tokenizer(self.cfg.student, loaded)  # before any fine-tuning
+        check_student_tokenizer(self.cfg.student, loaded, self.needs_shared)  # before any fine-tuning
         self.check_objective(loaded)
         if loaded.has_task_head and not tcfg.force_finetune:
             return loaded
@@ -116,7 +119,8 @@ class Experiment:
         models, so that a precondition of the pair (same width, layer maps, filter counts)
         fails now rather than after the teacher's fine-tuning."""
         student = STUDENTS.get(self.cfg.student.name)(self.cfg.student, teacher, self.task.num_labels, self.family)
-        check_pair(teacher, student, self.task.num_labels, self.family.name)
+        check_pair(teacher, student, self.task.num_labels, self.family.name, self.needs_shared)
+        self.student_tokenizer = student.tokenizer
         objective = build_objective(self.cfg)
         try:
             objective.bind(teacher.model, student.model, self.family.stacks)
@@ -144,8 +148,10 @@ class Experiment:
                     meta: Optional[Dict[str, Any]] = None) -> tuple[Loaded, LoopResult]:
         set_seed(self.cfg.seed)
         student = STUDENTS.get(self.cfg.student.name)(self.cfg.student, teacher, self.task.num_labels, self.family)
-        check_pair(teacher, student, self.task.num_labels, self.family.name)
         objective = build_objective(self.cfg) if outputs is not None else fine_tune_objective()
+        check_pair(teacher, student, self.task.num_labels, self.family.name,
+                   objective.shared_tokenizer_terms(self.family.name))
+        self.family.bind_tokenizer(student.model, student.tokenizer)
         objective.bind(teacher.model, student.model, self.family.stacks)
         self.family.features = objective.features  # hidden states / attentions for feature terms
         self.stage_one(objective, teacher, student, train_ds)
@@ -164,8 +170,9 @@ class Experiment:
 
     def stage_one(self, objective: Any, teacher: Loaded, student: Loaded, train_ds: Any) -> None:
         """Terms trained in a stage of their own before distillation (TED's filters)."""
+        tr = self.cfg.trainer
         for term in ted.stage_one_terms(objective):
-            recipe, tr = term.recipe, self.cfg.trainer
+            recipe = term.recipe
 
             def fit(model: torch.nn.Module, family: Any, lr: float, phase: str, recipe=recipe) -> None:
                 settings = LoopSettings(
@@ -259,8 +266,16 @@ def run(cfg: Config) -> Dict[str, Any]:
         train_examples = exp.examples("train", cfg.dataset.max_train_samples, cfg.seed)
         eval_examples = {s: exp.examples(s, cfg.dataset.max_eval_samples, cfg.seed) for s in task.eval_splits}
         teacher = exp.teacher()
+        exp.family.bind_tokenizer(teacher.model, teacher.tokenizer)
         train_ds = exp.encode(teacher.tokenizer, train_examples)
         evals = {split: exp.encode(teacher.tokenizer, ex) for split, ex in eval_examples.items()}
+        # A student with a tokenizer of its own (ULD; encoder class logits) reads its own
+        # tokenisation of the same examples; in distillation, paired with the teacher's.
+        s_train, s_evals, distill_ds = train_ds, evals, train_ds
+        if not same_tokenizer(teacher.tokenizer, exp.student_tokenizer):
+            s_train = exp.encode(exp.student_tokenizer, train_examples)
+            s_evals = {split: exp.encode(exp.student_tokenizer, ex) for split, ex in eval_examples.items()}
+            distill_ds = PairedDataset(s_train, train_ds)
         teacher_hash = teacher_outputs.weights_hash(teacher.model)
         meta = {**run_metadata(train_examples, teacher_hash), "world_size": distributed.world_size()}
         tracker.summary({"meta": meta})
@@ -273,13 +288,13 @@ def run(cfg: Config) -> Dict[str, Any]:
             results["majority"] = {"dev": majority_metrics(task.name, np.asarray(train_ds.labels),
                                                            np.asarray(first.labels))}
         if cfg.trainer.baseline_student:
-            base, base_result = exp.fit_student(teacher, train_ds, evals, "student_baseline",
+            base, base_result = exp.fit_student(teacher, s_train, s_evals, "student_baseline",
                                                 resume_dir=resume_from, meta=ckpt_meta)
             results["baseline_student"] = {"name": cfg.student.name, "params": count_params(base.model),
                                            **summarise(base_result, cfg.trainer.select)}
         outputs = exp.teacher_outputs(teacher, teacher_hash, train_ds, [ex.idx for ex in train_examples],
                                       needs_features)
-        student, result = exp.fit_student(teacher, train_ds, evals, "student", outputs=outputs,
+        student, result = exp.fit_student(teacher, distill_ds, s_evals, "student", outputs=outputs,
                                           resume_dir=resume_from, meta=ckpt_meta)
         if not distributed.is_main():  # rank 0 alone reports
             exit_code = 0

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from kdlab import distributed
+from kdlab.batching import teacher_batch
 from kdlab.families.base import Family, Outputs
 from kdlab.precision import autocast
 
@@ -101,4 +102,4 @@ class LiveTeacher:
     @torch.no_grad()
     def __call__(self, batch: Dict[str, torch.Tensor]) -> Outputs:
         with autocast(self.device, self.precision):
-            return self.family.forward(self.model, batch)
+            return self.family.forward(self.model, teacher_batch(batch))

@@ -248,8 +248,9 @@ def train(
                        **{f"{phase}/{k}": v.item() for k, v in parts.items()},
                        f"{phase}/lr": scheduler.get_last_lr()[0], f"{phase}/grad_norm": float(grad_norm),
                        f"{phase}/samples_per_s": seen / max(elapsed, 1e-9)}
-                if teacher is not None:
-                    row[f"{phase}/agreement"] = agreement(out, teacher)
+                agree = agreement(out, teacher) if teacher is not None else math.nan
+                if not math.isnan(agree):  # no common classes: nothing to report
+                    row[f"{phase}/agreement"] = agree
                 for term in objective.terms:
                     for k, v in (getattr(term.module, "last_stats", None) or {}).items():
                         if isinstance(v, (int, float, torch.Tensor)):  # not labels such as the backend
@@ -280,8 +281,8 @@ def train(
 @torch.no_grad()
 def agreement(student: Outputs, teacher: Outputs) -> float:
     """Fraction of (unmasked) positions where student and teacher argmax agree."""
-    if student.logits.shape[-1] == 1:  # regression: no classes to agree on
-        return float("nan")
+    if student.logits.shape[-1] == 1 or student.logits.shape != teacher.logits.shape:
+        return float("nan")  # regression, or different vocabularies: no common classes
     same = student.logits.argmax(-1) == teacher.logits.argmax(-1)
     if student.mask is not None:
         same = same[student.mask]

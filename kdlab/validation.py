@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional, Sequence
 
 from omegaconf import OmegaConf
 
@@ -40,6 +40,9 @@ def validate(cfg: Config) -> None:
     _choice("hardware.precision", cfg.hardware.precision, PRECISIONS)
     if cfg.hardware.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("hardware.device=cuda but this machine has no CUDA device; use hardware=cpu")
+    if cfg.student.tokenizer != "teacher" and cfg.student.name != "shrunk":
+        raise ConfigError(f"student.tokenizer={cfg.student.tokenizer!r} applies to student=shrunk only "
+                          f"(student={cfg.student.name} comes with its own or the teacher's tokenizer)")
     _choice("dataset.on_bad_row", cfg.dataset.on_bad_row, BAD_ROW_POLICIES)
     _choice("dataset.rank_scoring", cfg.dataset.rank_scoring, RANK_SCORING)
     _positive("dataset.max_length", cfg.dataset.max_length)
@@ -62,8 +65,10 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{node}.warmup_ratio={loop.warmup_ratio}: must be in [0, 1)")
 
 
-def check_pair(teacher: Loaded, student: Loaded, num_labels: int, family: str = "encoder") -> None:
-    """Reject a teacher/student pair whose outputs cannot be compared."""
+def check_pair(teacher: Loaded, student: Loaded, num_labels: int, family: str = "encoder",
+               needs_shared: Optional[Sequence[str]] = None) -> None:
+    """Reject a teacher/student pair whose outputs cannot be compared (``needs_shared``:
+    the objective terms that need a shared tokenizer, ``None`` for all)."""
     if family == "encoder":  # the generative families score text with their LM heads
         t_labels = teacher.model.config.num_labels
         s_labels = student.model.config.num_labels
@@ -72,26 +77,35 @@ def check_pair(teacher: Loaded, student: Loaded, num_labels: int, family: str = 
                 f"incompatible teacher/student pair: teacher has {t_labels} labels, student "
                 f"{s_labels}, task {num_labels}. Use models trained for this task."
             )
-    check_vocab(teacher.tokenizer, teacher.model.config, student.tokenizer, student.model.config)
+    check_vocab(teacher.tokenizer, teacher.model.config, student.tokenizer, student.model.config, needs_shared)
 
 
-def check_vocab(t_tokenizer: Any, t_config: Any, s_tokenizer: Any, s_config: Any) -> None:
-    """Teacher and student must share a tokenizer, and each model's vocabulary must cover it.
+def same_tokenizer(a: Any, b: Any) -> bool:
+    return a is b or a.get_vocab() == b.get_vocab()
+
+
+def check_vocab(t_tokenizer: Any, t_config: Any, s_tokenizer: Any, s_config: Any,
+                needs_shared: Optional[Sequence[str]] = None) -> None:
+    """Each model's vocabulary must cover its tokenizer; the tokenizers must be the same
+    unless no objective term needs them to be (``needs_shared`` empty: ULD alone, or class
+    logits of the encoder family).
 
     Vocabularies padded beyond the tokenizer (to a multiple of 8 or 64 rows) are allowed:
-    the token-level families slice logits to the tokenizer's size. No cross-tokenizer
-    loss is implemented, so different tokenizers are an error.
+    the token-level families slice each model's logits to its tokenizer's size.
     """
-    if t_tokenizer.get_vocab() != s_tokenizer.get_vocab():
+    if (needs_shared is None or needs_shared) and not same_tokenizer(t_tokenizer, s_tokenizer):
+        terms = "the objective's terms need" if needs_shared is None else \
+            f"objective term(s) {', '.join(needs_shared)} need"
         raise ConfigError(
             f"incompatible teacher/student pair: different tokenizers (teacher "
             f"{type(t_tokenizer).__name__} with {len(t_tokenizer)} tokens, student "
-            f"{type(s_tokenizer).__name__} with {len(s_tokenizer)}). Teacher and student must share "
-            "a tokenizer: token-level distillation compares distributions over the same vocabulary."
+            f"{type(s_tokenizer).__name__} with {len(s_tokenizer)}); {terms} a shared tokenizer (they "
+            "compare token positions or distributions over one vocabulary). Use a student with the "
+            "teacher's tokenizer, or divergence=uld with objective.alpha=0 and no other distillation "
+            "term, which distils across tokenizers."
         )
-    n = len(t_tokenizer)
-    for who, config in (("teacher", t_config), ("student", s_config)):
-        size = getattr(config, "vocab_size", None)
+    for who, config, tokenizer in (("teacher", t_config, t_tokenizer), ("student", s_config, s_tokenizer)):
+        size, n = getattr(config, "vocab_size", None), len(tokenizer)
         if size is not None and size < n:
             raise ConfigError(
                 f"incompatible teacher/student pair: the {who} has a vocabulary of {size} tokens, "
@@ -99,7 +113,7 @@ def check_vocab(t_tokenizer: Any, t_config: Any, s_tokenizer: Any, s_config: Any
             )
 
 
-def check_student_tokenizer(student_cfg: Any, teacher: Loaded) -> None:
+def check_student_tokenizer(student_cfg: Any, teacher: Loaded, needs_shared: Optional[Sequence[str]] = None) -> None:
     """Before any training: a ``pretrained`` student's tokenizer and vocabulary against
     the teacher's (reads only the student's tokenizer and config files)."""
     if student_cfg.name != "pretrained" or not student_cfg.path:
@@ -112,4 +126,4 @@ def check_student_tokenizer(student_cfg: Any, teacher: Loaded) -> None:
     except (OSError, ValueError) as e:
         raise ConfigError(f"student.path={student_cfg.path!r}: {e.__class__.__name__}: "
                           f"{str(e).splitlines()[0]}") from None
-    check_vocab(teacher.tokenizer, teacher.model.config, tokenizer, config)
+    check_vocab(teacher.tokenizer, teacher.model.config, tokenizer, config, needs_shared)

@@ -45,6 +45,11 @@ class Family(ABC):
     # when a feature term is configured (both teacher and student forwards need them).
     features: FrozenSet[str] = frozenset()
 
+    def bind_tokenizer(self, model: torch.nn.Module, tokenizer: Any) -> None:
+        """Record ``model``'s tokenizer (token families slice logits to its size); the
+        encoder family's class logits do not depend on it."""
+        return None
+
     @abstractmethod
     def load(self, path: str, num_labels: int, key: str, reinit_head: bool = False) -> Any:
         """Load a checkpoint (local dir or hub id) as a ``kdlab.models.Loaded``."""

@@ -112,7 +112,7 @@ class CausalFamily(tk.TokenFamily):
         out, logits = _window_logits(model, batch["input_ids"], batch["attention_mask"], mask.shape[1],
                                      tk.model_kwargs(self, model))
         feats = tk.feature_fields(self, {"decoder": (out.hidden_states, out.attentions, batch["attention_mask"])})
-        return Outputs(tk.slice_vocab(logits, self.vocab), mask, **feats)  # [B, A, V]
+        return Outputs(tk.slice_vocab(logits, self.vocab_of(model)), mask, **feats)  # [B, A, V]
 
     @torch.no_grad()
     def predictions(self, model: torch.nn.Module, loader: Any, device: torch.device,
@@ -126,6 +126,6 @@ class CausalFamily(tk.TokenFamily):
             with autocast(device, precision):
                 _, logits = _window_logits(model, batch["choice_input_ids"], batch["choice_attention_mask"],
                                            targets.shape[1], {"use_cache": False})
-            lp, n = tk.sequence_logprobs(tk.slice_vocab(logits, self.vocab), targets, mask)
+            lp, n = tk.sequence_logprobs(tk.slice_vocab(logits, self.vocab_of(model)), targets, mask)
             out.extend(tk.rank(lp, n, batch["choice_owner"], batch["labels"].shape[0], ds.scoring))
         return np.asarray(out)

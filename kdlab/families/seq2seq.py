@@ -97,7 +97,7 @@ class Seq2SeqFamily(tk.TokenFamily):
             "encoder": (out.encoder_hidden_states, out.encoder_attentions, batch["attention_mask"]),
             "decoder": (out.decoder_hidden_states, out.decoder_attentions, mask),
         })
-        return Outputs(tk.slice_vocab(out.logits, self.vocab), mask, **feats)  # [B, T, V]
+        return Outputs(tk.slice_vocab(out.logits, self.vocab_of(model)), mask, **feats)  # [B, T, V]
 
     @torch.no_grad()
     def predictions(self, model: torch.nn.Module, loader: Any, device: torch.device,
@@ -122,7 +122,7 @@ class Seq2SeqFamily(tk.TokenFamily):
         logits = model(encoder_outputs=BaseModelOutput(last_hidden_state=enc.last_hidden_state[owner]),
                        attention_mask=batch["attention_mask"][owner],
                        decoder_input_ids=shift_right(model, choice_ids), use_cache=False).logits
-        lp, n = tk.sequence_logprobs(tk.slice_vocab(logits, self.vocab), choice_ids, batch["choice_mask"])
+        lp, n = tk.sequence_logprobs(tk.slice_vocab(logits, self.vocab_of(model)), choice_ids, batch["choice_mask"])
         return tk.rank(lp, n, owner, batch["input_ids"].shape[0], scoring)
 
     def _generate(self, model: torch.nn.Module, batch: Batch, tokenizer: Any) -> List[float]:

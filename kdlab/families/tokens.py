@@ -4,6 +4,7 @@ collection of hidden states / attentions for feature terms."""
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -139,7 +140,15 @@ class TokenFamily(Family):
     dataset_class: Any
 
     def __init__(self) -> None:
-        self.vocab: Optional[int] = None  # the tokenizer's size; logits beyond it are padding
+        self.vocab: Optional[int] = None  # the last encoded tokenizer's size; logits beyond it are padding
+        # each model's own tokenizer size, when teacher and student tokenizers differ
+        self.vocabs: weakref.WeakKeyDictionary[torch.nn.Module, int] = weakref.WeakKeyDictionary()
+
+    def bind_tokenizer(self, model: torch.nn.Module, tokenizer: Any) -> None:
+        self.vocabs[model] = len(tokenizer)
+
+    def vocab_of(self, model: torch.nn.Module) -> Optional[int]:
+        return self.vocabs.get(getattr(model, "module", model), self.vocab)  # DDP wraps the model
 
     def load(self, path: str, num_labels: int, key: str, reinit_head: bool = False) -> Any:
         return load_lm(path, self.auto_class, key)

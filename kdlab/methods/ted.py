@@ -61,7 +61,7 @@ class StageOne:
     seed: int = 42
 
     @classmethod
-    def from_params(cls, params: Optional[Dict[str, Any]]) -> "StageOne":
+    def from_params(cls, params: Optional[Dict[str, Any]]) -> StageOne:
         params = OmegaConf.to_container(params, resolve=True) if OmegaConf.is_config(params) else dict(params or {})
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(params) - known)

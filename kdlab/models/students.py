@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import copy
-from typing import List
+from typing import Any, List
 
 import torch
 
@@ -12,6 +12,7 @@ from kdlab.config import StudentConfig
 from kdlab.errors import ConfigError
 from kdlab.families.base import Family
 from kdlab.models import STUDENTS, Loaded
+from kdlab.models.byte_tokenizer import byte_tokenizer
 
 # Config attributes that hold the number of transformer blocks, by architecture family.
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
@@ -81,9 +82,26 @@ def from_teacher(cfg: StudentConfig, teacher: Loaded, num_labels: int, family: F
     return Loaded(model, teacher.tokenizer, f"{teacher.source}:layers={list(cfg.layers)}")
 
 
+STUDENT_TOKENIZERS = ("teacher", "bytes")
+VOCAB_MULTIPLE = 64
+
+
+def _own_tokenizer(config: Any, tokenizer: Any) -> None:
+    """Size ``config``'s vocabulary (padded to a multiple of 64) and special ids for ``tokenizer``."""
+    config.vocab_size = -(-len(tokenizer) // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+    special = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
+               "eos_token_id": tokenizer.eos_token_id, "decoder_start_token_id": tokenizer.pad_token_id}
+    for k, v in special.items():
+        if hasattr(config, k):
+            setattr(config, k, v)
+
+
 @STUDENTS.register("shrunk")
 def shrunk(cfg: StudentConfig, teacher: Loaded, num_labels: int, family: Family) -> Loaded:
-    """The teacher's architecture with ``student.overrides`` applied, randomly initialised."""
+    """The teacher's architecture with ``student.overrides`` applied, randomly initialised;
+    with ``student.tokenizer=bytes``, sized for a byte-level tokenizer of its own."""
+    if cfg.tokenizer not in STUDENT_TOKENIZERS:
+        raise ConfigError(f"student.tokenizer={cfg.tokenizer!r}: valid values are {', '.join(STUDENT_TOKENIZERS)}")
     config = copy.deepcopy(teacher.model.config)
     unknown = sorted(k for k in cfg.overrides if not hasattr(config, k))
     if unknown:
@@ -93,11 +111,15 @@ def shrunk(cfg: StudentConfig, teacher: Loaded, num_labels: int, family: Family)
     for k, v in cfg.overrides.items():
         setattr(config, k, v)
     config.num_labels = num_labels
+    tokenizer, source = teacher.tokenizer, f"shrunk:{dict(cfg.overrides)}"
+    if cfg.tokenizer == "bytes":
+        tokenizer, source = byte_tokenizer(), f"{source}:bytes"
+        _own_tokenizer(config, tokenizer)
     try:
         model = family.from_config(config)
     except (ValueError, AssertionError) as e:
         raise ConfigError(f"student.overrides={dict(cfg.overrides)} give an invalid model: {e}") from None
-    return Loaded(model, teacher.tokenizer, f"shrunk:{dict(cfg.overrides)}", has_task_head=False)
+    return Loaded(model, tokenizer, source, has_task_head=False)
 
 
 @STUDENTS.register("pretrained")
