@@ -5,7 +5,8 @@ One file per family of methods:
 - ``adaptive``: AKL, adaptive KL (a divergence: ``divergence=akl``);
 - ``universal``: ULD, universal logit distillation across vocabularies (``divergence=uld``);
 - ``labelled``: terms that read gold labels: DKD, PLD, DEMD (``divergence=labels/<name>``);
-- ``layers``: intermediate-layer terms: DistilBERT's cosine loss, Patient KD, TED.
+- ``layers``: intermediate-layer terms: DistilBERT's cosine loss, Patient KD;
+- ``ted``: TED's task-aware filters (a feature term with a stage I of its own).
 
 Skew KL / skew reverse KL (DistiLLM) and the generalized JSD of GKD are the divergences
 ``skew_kl``, ``skew_rkl`` and ``js`` of ``kdlab.divergences.fdiv``.

@@ -98,7 +98,7 @@ class FilterBank(torch.nn.Module):
         d_in, act = int(config.hidden_size), getattr(config, "hidden_act", "gelu")
         self.pooler_act = getattr(config, "pooler_hidden_act", "tanh")  # DeBERTa: gelu; BERT's pooler: tanh
         p = getattr(config, "cls_dropout", None)
-        self.dropout = torch.nn.Dropout(config.hidden_dropout_prob if p is None else p)
+        self.dropout = torch.nn.Dropout(getattr(config, "hidden_dropout_prob", 0.1) if p is None else p)
         self.filters = torch.nn.ModuleList(_filter(d_in, d_out, nonlinear, act) for _ in self.layers)
         self.poolers = torch.nn.ModuleList(torch.nn.Linear(d_out, d_out) for _ in self.layers)
         self.heads = torch.nn.ModuleList(torch.nn.Linear(d_out, num_labels) for _ in self.layers)
