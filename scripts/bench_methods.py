@@ -118,6 +118,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     cache = str(Path.home() / ".cache" / "kdlab")
     rows = []
     for method in args.methods.split(","):
