@@ -29,8 +29,10 @@ test-slow:  ## long end-to-end runs too
 lint:
 	$(BIN)/ruff check kdlab tests scripts
 
-bench:
+bench:  ## divergence, trainer and method benchmarks (measured figures, several minutes)
 	$(BIN)/python scripts/bench_divergences.py
+	$(BIN)/python scripts/bench_trainer.py
+	$(BIN)/python scripts/bench_methods.py
 
 clean:
 	rm -rf outputs multirun .pytest_cache
