@@ -42,6 +42,9 @@ class FinetuneConfig:
     max_train_samples: Optional[int] = None  # subsample the train split for fine-tuning
     grad_accum: int = 1
     seed: int = 0
+    # checkpoint every N steps under cache_dir/teachers/.partial-<key>, so a killed run
+    # resumes the fine-tuning (0: off); not part of the cache key
+    save_every: int = 0
 
 
 @dataclass

@@ -92,6 +92,9 @@ class Experiment:
     def teacher(self) -> Loaded:
         """The teacher with a task head: loaded, or fine-tuned once and cached on disk."""
         tcfg = self.cfg.teacher
+        # A fresh task head is drawn under the recipe's seed, so the fine-tuned teacher is a
+        # function of its cache key (weights source, task, recipe), whatever ran before.
+        set_seed(tcfg.finetune.seed)
         loaded = TEACHERS.get(tcfg.name)(tcfg, self.task.num_labels, self.cfg.cache_dir, self.family)
         check_student_tokenizer(self.cfg.student, loaded, self.needs_shared)  # before any fine-tuning
         self.check_objective(loaded)
@@ -106,9 +109,13 @@ class Experiment:
         log.info("fine-tuning teacher %s on %s (cache key %s)", tcfg.name, self.task.name, key)
         set_seed(ft.seed)
         train_ds = self.encode(loaded.tokenizer, self.examples("train", ft.max_train_samples, ft.seed))
+        ckpt = teacher_cache.partial(self.cfg.cache_dir, key) if ft.save_every > 0 else None
+        if ckpt is not None and checkpoint.list_checkpoints(ckpt):
+            log.info("resuming the teacher's fine-tuning from %s", ckpt)
         train(loaded.model, train_ds, self.family, fine_tune_objective(),
               loop_settings(ft, self.cfg.trainer, ft.seed), self.tracker, "teacher_finetune",
-              self.device, self.precision)
+              self.device, self.precision, checkpoint_dir=ckpt, resume=ckpt is not None,
+              meta={"config": {"teacher_cache_key": key}})
         if distributed.is_main():
             loaded = teacher_cache.save(self.cfg.cache_dir, key, loaded, {"task": self.task.name, "teacher": tcfg.name})
         distributed.barrier()  # other ranks hold the same (synchronised) weights in memory

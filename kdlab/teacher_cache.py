@@ -21,11 +21,18 @@ from kdlab.families.base import Family
 from kdlab.models import Loaded
 
 MARKER = "kdlab_teacher.json"
+NOT_IN_KEY = ("save_every",)  # recipe fields that do not change the fine-tuned weights
+
+
+def partial(cache_dir: str, k: str) -> Path:
+    """Checkpoints of a fine-tuning in progress (removed once the teacher is saved)."""
+    return Path(cache_dir) / "teachers" / f".partial-{k}"
 
 
 def key(source: str, task: str, finetune: Any, max_length: int) -> str:
     """The cache key of a fine-tuned teacher: (weights source, task, recipe)."""
     recipe = OmegaConf.to_container(finetune, resolve=True) if OmegaConf.is_config(finetune) else dict(finetune)
+    recipe = {k: v for k, v in recipe.items() if k not in NOT_IN_KEY}
     blob = json.dumps({"model": source, "task": task, "recipe": recipe, "max_length": max_length},
                       sort_keys=True)
     slug = task.replace("/", "-")
@@ -57,4 +64,5 @@ def save(cache_dir: str, k: str, loaded: Loaded, meta: Dict[str, Any]) -> Loaded
             pass
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(partial(cache_dir, k), ignore_errors=True)
     return Loaded(loaded.model, loaded.tokenizer, str(path), has_task_head=True)

@@ -6,7 +6,12 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import REPO, run_cli
+import torch
+
+from kdlab import teacher_cache
+from kdlab.runner import Experiment
+from kdlab.tracking import NullTracker
+from tests.conftest import REPO, compose_config, run_cli
 
 COMMON = ["experiment=smoke", "logger=none", "trainer.max_steps=24"]
 
@@ -65,3 +70,40 @@ def test_ddp_cpu_two_processes(tmp_path, data_dir, cache_dir):
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     student = [r for r in rows if "student/loss" in r]
     assert [r["phase_step"] for r in student] == [2, 4, 6]  # rank 0 alone logs
+
+
+class KilledAt(NullTracker):
+    """A tracker that stops the process's work at a given step of a phase, like a kill."""
+
+    def __init__(self, phase, step):
+        super().__init__()
+        self.phase, self.step = phase, step
+
+    def log(self, row, *args, **kwargs):
+        if row.get("phase") == self.phase and row.get("phase_step", 0) >= self.step:
+            raise KeyboardInterrupt
+
+
+def test_killed_teacher_fine_tuning_resumes_to_the_same_teacher(tmp_path, data_dir, cache_dir):
+    """teacher.finetune.save_every: a run killed while fine-tuning the teacher resumes it."""
+    def experiment(cache, tracker):
+        cfg = compose_config(["experiment=smoke", f"cache_dir={cache}", f"dataset.data_dir={data_dir}",
+                              "teacher.finetune.max_steps=6", "teacher.finetune.save_every=2",
+                              "trainer.log_every=1", "trainer.progress=false"])
+        return Experiment(cfg, tracker, torch.device("cpu"))
+
+    straight = experiment(tmp_path / "a", NullTracker()).teacher().model.state_dict()
+    cache = tmp_path / "b"
+    try:
+        experiment(cache, KilledAt("teacher_finetune", 5)).teacher()
+        raise AssertionError("the fine-tuning was not interrupted")
+    except KeyboardInterrupt:
+        pass
+    partial = next((cache / "teachers").glob(".partial-*"))
+    assert [p.name for p in sorted(partial.glob("step-*"))] == ["step-00000002", "step-00000004"]
+    resumed = experiment(cache, NullTracker()).teacher()
+    assert not partial.exists()  # removed once the teacher is cached
+    assert all(torch.equal(v, resumed.model.state_dict()[k]) for k, v in straight.items())
+    # the checkpoint cadence does not change the cache key
+    ft = compose_config(["experiment=smoke"]).teacher.finetune
+    assert teacher_cache.key("m", "t", ft, 64) == teacher_cache.key("m", "t", {**ft, "save_every": 7}, 64)
