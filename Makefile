@@ -56,7 +56,7 @@ TABLE_ARGS  = $(if $(REFERENCE),--reference $(REFERENCE))
 
 table-glue-cpu:  ## CPU-sized SinKD GLUE table: 7 methods x SST-2, MRPC x 2 seeds (~15 min here)
 	$(BIN)/kdlab -m experiment=sinkd/glue_cpu experiment/sinkd/glue/task=$(CPU_TASKS) seed=$(CPU_SEEDS) \
-	  experiment/sinkd/method=$(CPU_METHODS) logger=none hydra.sweep.dir=$(TABLE_ROOT)/glue_cpu/$(TABLE_STAMP); \
+	  experiment/sinkd/method=$(CPU_METHODS) logger=none hydra.sweep.dir=$(TABLE_ROOT)/glue_cpu/$(TABLE_STAMP) $(ARGS); \
 	status=$$?; $(BIN)/kdlab-table $(TABLE_ROOT)/glue_cpu/$(TABLE_STAMP) --out docs/results/glue_cpu $(TABLE_ARGS) \
 	  --title "SinKD GLUE study, CPU-sized (MiniLM-L6 -> 2 layers, 40 steps)" && exit $$status
 
