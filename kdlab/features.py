@@ -65,7 +65,8 @@ class LayerMatch(torch.nn.Module):
 
     def resolve_stack(self, stacks: Sequence[str]) -> str:
         if not stacks:
-            raise ConfigError("hidden-state / attention terms need teacher.family=seq2seq or causal")
+            raise ConfigError("hidden-state / attention terms need a model family that returns them "
+                              "(encoder, seq2seq, causal)")
         stack = self.stack or stacks[-1]
         if stack not in stacks:
             raise ConfigError(f"stack={stack!r}: this family's stacks are {', '.join(stacks)}")

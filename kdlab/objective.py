@@ -80,12 +80,6 @@ class Objective(torch.nn.Module):
             if hasattr(t.module, "bind"):  # feature terms; terms reading the student's embeddings
                 t.module.bind(teacher, student, stacks)
 
-    def release(self) -> None:
-        """Undo what ``bind`` attached to the models (the encoder taps' hooks)."""
-        for t in self.terms:
-            if hasattr(t.module, "release"):
-                t.module.release()
-
     def set_progress(self, fraction: float) -> None:
         """SinKD's ``kd_anneal``: the KD temperature goes linearly from T to 1 over training.
         Terms with a schedule of their own (DKD's warm-up) get ``set_progress(fraction)``."""

@@ -128,11 +128,7 @@ class Experiment:
         student = STUDENTS.get(self.cfg.student.name)(self.cfg.student, teacher, self.task.num_labels, self.family)
         check_pair(teacher, student, self.task.num_labels, self.family.name, self.needs_shared)
         self.student_tokenizer = student.tokenizer
-        objective = build_objective(self.cfg)
-        try:
-            objective.bind(teacher.model, student.model, self.family.stacks)
-        finally:
-            objective.release()
+        build_objective(self.cfg).bind(teacher.model, student.model, self.family.stacks)
 
     def teacher_outputs(self, teacher: Loaded, teacher_hash: str, train_ds: Any, example_ids: List[int],
                         needs_features: bool = False):

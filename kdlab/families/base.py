@@ -45,6 +45,29 @@ class Family(ABC):
     # when a feature term is configured (both teacher and student forwards need them).
     features: FrozenSet[str] = frozenset()
 
+    def feature_kwargs(self, model: torch.nn.Module) -> Dict[str, Any]:
+        """Forward kwargs asking for the features the family's feature terms need."""
+        kw: Dict[str, Any] = {}
+        if "hidden_states" in self.features:
+            kw["output_hidden_states"] = True
+        if "attentions" in self.features:
+            inner = getattr(model, "module", model)  # DDP
+            if inner.config._attn_implementation != "eager":  # fused kernels return no weights
+                inner.set_attn_implementation("eager")
+            kw["output_attentions"] = True
+        return kw
+
+    def feature_fields(self, per_stack: Dict[str, Tuple[Any, Any, torch.Tensor]]) -> Dict[str, Any]:
+        """``Outputs`` keyword arguments from ``{stack: (hidden_states, attentions, mask)}``."""
+        if not self.features:
+            return {}
+        out: Dict[str, Any] = {"feature_masks": {k: v[2].bool() for k, v in per_stack.items()}}
+        if "hidden_states" in self.features:
+            out["hidden_states"] = {k: tuple(v[0]) for k, v in per_stack.items()}
+        if "attentions" in self.features:
+            out["attentions"] = {k: tuple(v[1]) for k, v in per_stack.items()}
+        return out
+
     def bind_tokenizer(self, model: torch.nn.Module, tokenizer: Any) -> None:
         """Record ``model``'s tokenizer (token families slice logits to its size); the
         encoder family's class logits do not depend on it."""

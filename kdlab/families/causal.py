@@ -111,7 +111,7 @@ class CausalFamily(tk.TokenFamily):
         mask = batch["target_mask"]  # [B, A]
         out, logits = _window_logits(model, batch["input_ids"], batch["attention_mask"], mask.shape[1],
                                      tk.model_kwargs(self, model))
-        feats = tk.feature_fields(self, {"decoder": (out.hidden_states, out.attentions, batch["attention_mask"])})
+        feats = self.feature_fields({"decoder": (out.hidden_states, out.attentions, batch["attention_mask"])})
         return Outputs(tk.slice_vocab(logits, self.vocab_of(model)), mask, **feats)  # [B, A, V]
 
     @torch.no_grad()

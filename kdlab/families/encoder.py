@@ -1,4 +1,5 @@
-"""Encoder family (BERT-style): a classification or regression head, ``[B, C]`` logits."""
+"""Encoder family (BERT-style): a classification or regression head, ``[B, C]`` logits;
+hidden states and attentions of its one stack (``"encoder"``) for feature terms."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 @FAMILIES.register("encoder")
 class EncoderFamily(Family):
     name = "encoder"
+    stacks = ("encoder",)
 
     def load(self, path: str, num_labels: int, key: str, reinit_head: bool = False) -> Any:
         return load_classifier(path, num_labels, key=key, reinit_head=reinit_head)
@@ -40,7 +42,9 @@ class EncoderFamily(Family):
                               truncation=dataset_cfg.truncation)
 
     def forward(self, model: torch.nn.Module, batch: Batch) -> Outputs:
-        return Outputs(model(**{k: batch[k] for k in INPUTS if k in batch}).logits)  # [B, C]
+        out = model(**{k: batch[k] for k in INPUTS if k in batch}, **self.feature_kwargs(model))
+        feats = self.feature_fields({"encoder": (out.hidden_states, out.attentions, batch["attention_mask"])})
+        return Outputs(out.logits, **feats)  # [B, C]
 
     def supervised_loss(self, out: Outputs, batch: Batch) -> torch.Tensor:
         z = out.logits.float()

@@ -93,7 +93,7 @@ class Seq2SeqFamily(tk.TokenFamily):
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                     decoder_input_ids=shift_right(model, batch["target_ids"]),
                     decoder_attention_mask=mask.long(), **tk.model_kwargs(self, model))
-        feats = tk.feature_fields(self, {
+        feats = self.feature_fields({
             "encoder": (out.encoder_hidden_states, out.encoder_attentions, batch["attention_mask"]),
             "decoder": (out.decoder_hidden_states, out.decoder_attentions, mask),
         })

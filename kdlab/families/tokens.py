@@ -80,28 +80,8 @@ def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor, mask: torch.T
 
 
 def model_kwargs(family: Family, model: torch.nn.Module) -> Dict[str, Any]:
-    """Forward kwargs asking for the features the family's feature terms need."""
-    kw: Dict[str, Any] = {"use_cache": False}
-    if "hidden_states" in family.features:
-        kw["output_hidden_states"] = True
-    if "attentions" in family.features:
-        inner = getattr(model, "module", model)  # DDP
-        if inner.config._attn_implementation != "eager":  # fused kernels return no weights
-            inner.set_attn_implementation("eager")
-        kw["output_attentions"] = True
-    return kw
-
-
-def feature_fields(family: Family, per_stack: Dict[str, Tuple[Any, Any, torch.Tensor]]) -> Dict[str, Any]:
-    """``Outputs`` keyword arguments from ``{stack: (hidden_states, attentions, mask)}``."""
-    if not family.features:
-        return {}
-    out: Dict[str, Any] = {"feature_masks": {k: v[2].bool() for k, v in per_stack.items()}}
-    if "hidden_states" in family.features:
-        out["hidden_states"] = {k: tuple(v[0]) for k, v in per_stack.items()}
-    if "attentions" in family.features:
-        out["attentions"] = {k: tuple(v[1]) for k, v in per_stack.items()}
-    return out
+    """Forward kwargs of a language model: no KV cache, plus the features asked for."""
+    return {"use_cache": False, **family.feature_kwargs(model)}
 
 
 def check_not_record(task: Any, family: str) -> None:

@@ -1,14 +1,12 @@
 """Intermediate-layer terms of DistilBERT and Patient KD.
 
-Both read hidden states ``[B, L, H]`` (index 0 the embeddings, i the output of block i).
-The token families return them in ``Outputs``; the encoder family does not, so for it a
-``HiddenStateTap`` records them from each model's own forward pass (hooks that ask the
-model for ``output_hidden_states`` and keep them with the attention mask).
+Both read hidden states ``[B, L, H]`` (index 0 the embeddings, i the output of block i)
+from ``Outputs``: every family returns them when a feature term asks (``Family.features``).
 """
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -18,71 +16,15 @@ from kdlab.errors import ConfigError
 from kdlab.families.base import Outputs
 from kdlab.features import FEATURE_TERMS, LayerMatch, _distance, _layer_count
 
-TAP_STACK = "encoder"
 
-
-class HiddenStateTap:
-    """Records the hidden states and attention mask of a Hugging Face model's last forward."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.hidden: Optional[Tuple[torch.Tensor, ...]] = None
-        self.mask: Optional[torch.Tensor] = None
-        self.handles = [model.register_forward_pre_hook(self._before, with_kwargs=True),
-                        model.register_forward_hook(self._after, with_kwargs=True)]
-
-    def _before(self, module: Any, args: tuple, kwargs: dict) -> tuple:
-        self.mask = kwargs.get("attention_mask")
-        return args, {**kwargs, "output_hidden_states": True}
-
-    def _after(self, module: Any, args: tuple, kwargs: dict, output: Any) -> None:
-        self.hidden = output.hidden_states
-
-    def read(self) -> Tuple[Tuple[torch.Tensor, ...], torch.Tensor]:
-        if self.hidden is None:
-            raise ValueError("no hidden states recorded: the model has not run forward yet")
-        h = self.hidden
-        mask = self.mask.bool() if self.mask is not None else torch.ones(h[0].shape[:2], dtype=torch.bool,
-                                                                         device=h[0].device)
-        return h, mask
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-
-
-class TappedLayerMatch(LayerMatch):
-    """A hidden-state term that also serves the encoder family (through ``HiddenStateTap``)."""
+class HiddenStatePairs(LayerMatch):
+    """A term on the hidden states of both models (the teacher's detached by the term)."""
 
     kind = "hidden_states"
 
-    def __init__(self, layers: Sequence[Sequence[int]], loss: str = "mse", stack: Optional[str] = None) -> None:
-        super().__init__(layers, loss, stack)
-        self._taps: List[HiddenStateTap] = []  # a plain list: not submodules, not in the state dict
-
-    def resolve_stack(self, stacks: Sequence[str]) -> str:
-        return super().resolve_stack(stacks) if stacks else TAP_STACK
-
-    def bind_taps(self, teacher: torch.nn.Module, student: torch.nn.Module, stacks: Sequence[str]) -> None:
-        self.release()
-        self._taps = [] if stacks else [HiddenStateTap(teacher), HiddenStateTap(student)]
-
-    def release(self) -> None:
-        """Remove the hooks from the models."""
-        for tap in self._taps:
-            tap.remove()
-        self._taps = []
-
-    def select(self, out: Outputs) -> tuple:
-        if not self._taps:
-            return super().select(out)
-        raise RuntimeError("tapped terms read the taps (hidden_pair), not Outputs")
-
     def hidden_pair(self, student: Outputs, teacher: Outputs) -> Tuple[tuple, tuple, torch.Tensor]:
-        """``(student hidden states, teacher hidden states, mask [B, L])``."""
-        if self._taps:
-            (h_t, _), (h_s, mask) = self._taps[0].read(), self._taps[1].read()
-            return h_s, h_t, mask
-        (h_s, mask), (h_t, _) = super().select(student), super().select(teacher)
+        """``(student hidden states, teacher hidden states, the student's real tokens [B, L])``."""
+        (h_s, mask), (h_t, _) = self.select(student), self.select(teacher)
         return h_s, h_t, mask
 
 
@@ -91,7 +33,7 @@ def _widths(teacher: torch.nn.Module, student: torch.nn.Module) -> Tuple[int, in
 
 
 @FEATURE_TERMS.register("distilbert_cos")
-class DistilBertCosine(TappedLayerMatch):
+class DistilBertCosine(HiddenStatePairs):
     """DistilBERT's cosine loss (Sanh et al. 2019; huggingface/transformers
     ``examples/research_projects/distillation/distiller.py``).
 
@@ -110,7 +52,6 @@ class DistilBertCosine(TappedLayerMatch):
         stack = self.resolve_stack(stacks)
         self.pairs = [[_layer_count(teacher.config, stack), _layer_count(student.config, stack)]]
         super().bind(teacher, student, stacks)
-        self.bind_taps(teacher, student, stacks)
         d_t, d_s = _widths(teacher, student)
         if d_t != d_s and not self.projection:
             raise ConfigError(f"distilbert_cos needs teacher and student of the same hidden width (teacher "
@@ -147,7 +88,7 @@ def pkd_pairs(n_teacher: int, n_student: int, scheme: str) -> List[List[int]]:
 
 
 @FEATURE_TERMS.register("pkd")
-class PatientKD(TappedLayerMatch):
+class PatientKD(HiddenStatePairs):
     """Patient KD's ``L_PT`` (Sun et al., EMNLP 2019; intersun/PKD-for-BERT-Model-Compression
     @9e9e860): the MSE of L2-normalised [CLS] vectors (position 0) of chosen layers.
 
@@ -170,7 +111,6 @@ class PatientKD(TappedLayerMatch):
             self.pairs = pkd_pairs(_layer_count(teacher.config, stack), _layer_count(student.config, stack),
                                    self.scheme)
         super().bind(teacher, student, stacks)
-        self.bind_taps(teacher, student, stacks)
         d_t, d_s = _widths(teacher, student)
         if d_t != d_s:
             raise ConfigError(f"pkd needs teacher and student of the same hidden width (teacher {d_t}, "
@@ -183,4 +123,4 @@ class PatientKD(TappedLayerMatch):
         return F.mse_loss(F.normalize(s, dim=-1), F.normalize(t, dim=-1))
 
 
-__all__ = ["DistilBertCosine", "HiddenStateTap", "PatientKD", "pkd_pairs"]
+__all__ = ["DistilBertCosine", "HiddenStatePairs", "PatientKD", "pkd_pairs"]

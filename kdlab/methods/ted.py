@@ -38,8 +38,9 @@ from transformers.activations import ACT2FN
 
 from kdlab.errors import ConfigError
 from kdlab.families.base import Batch, Family, Outputs
+from kdlab.families.encoder import INPUTS
 from kdlab.features import FEATURE_TERMS, _layer_count
-from kdlab.methods.layers import TappedLayerMatch
+from kdlab.methods.layers import HiddenStatePairs
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ class FilterProbe(torch.nn.Module):
 
     def forward(self, **inputs: torch.Tensor) -> _ProbeOutput:
         with torch.no_grad():
-            hidden = self.model(**inputs, output_hidden_states=True).hidden_states
+            hidden = self.model(**{**inputs, "output_hidden_states": True}).hidden_states
         return _ProbeOutput(self.bank.logits(self.bank.states([h.detach() for h in hidden])))
 
 
@@ -151,7 +152,7 @@ class ProbeFamily(Family):
         return self.base.dataset(*args, **kwargs)
 
     def forward(self, model: torch.nn.Module, batch: Batch) -> Outputs:
-        return self.base.forward(model, batch)
+        return Outputs(model(**{k: batch[k] for k in INPUTS if k in batch}).logits)  # [B, K, C]
 
     def supervised_loss(self, out: Outputs, batch: Batch) -> torch.Tensor:
         k = out.logits.shape[1]
@@ -162,7 +163,7 @@ class ProbeFamily(Family):
 
 
 @FEATURE_TERMS.register("ted")
-class TaskAwareFilters(TappedLayerMatch):
+class TaskAwareFilters(HiddenStatePairs):
     """TED's stage II term (module docstring). Weight ``mse_alpha`` (SST-2: 20; MNLI 7500,
     QQP 1000, QNLI and MRPC 100, RTE and STS-B 50, CoLA 10), next to ``CE + kl_alpha T^2 KL``
     at T = 2 (kl_alpha 20; MNLI 5; CoLA 0)."""
@@ -194,7 +195,6 @@ class TaskAwareFilters(TappedLayerMatch):
                 "choose intervals with n_teacher / teacher_interval == n_student / student_interval")
         self.pairs = [[t, s] for t, s in zip(lt, ls, strict=True)]
         super().bind(teacher, student, stacks)
-        self.bind_taps(teacher, student, stacks)
         d_t, labels = int(teacher.config.hidden_size), int(teacher.config.num_labels)
         self.teacher_bank = FilterBank(lt, teacher.config, d_t, labels, self.nonlinear).requires_grad_(False)
         self.student_bank = FilterBank(ls, student.config, d_t, labels, self.nonlinear)

@@ -97,8 +97,10 @@ def test_feature_terms_vanish_between_identical_models(pair: Pair):
 
 def test_feature_term_config_errors():
     term = "+objective.terms={hid: {name: hidden, weight: 1.0, params: {layers: [[2, 1]]}}}"
-    with pytest.raises(ConfigError, match="objective.terms.hid: .*teacher.family=seq2seq or causal"):
-        build_objective(compose_config([term]))  # the default teacher is an encoder
+    hid = build_objective(compose_config([term])).terms[-1].module  # the default teacher is an encoder
+    assert hid.resolve_stack(("encoder",)) == "encoder"
+    with pytest.raises(ConfigError, match="stack='decoder': this family's stacks are encoder"):
+        build_objective(compose_config([term.replace("[[2, 1]]}", "[[2, 1]], stack: decoder}")]))
     bad_stack = "+objective.terms={hid: {name: hidden, params: {layers: [[2, 1]], stack: middle}}}"
     with pytest.raises(ConfigError, match="stack='middle': this family's stacks are encoder, decoder"):
         build_objective(compose_config(["teacher=tiny_t5", bad_stack]))

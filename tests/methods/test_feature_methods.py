@@ -1,5 +1,6 @@
 """DistilBERT's cosine loss and Patient KD on tiny BERT encoders: hand computations, layer
-maps, the encoder tap, gradients, and the same-width precondition."""
+maps, the encoder family's hidden states and attentions, gradients, and the same-width
+precondition."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 from kdlab.errors import ConfigError
-from kdlab.families.base import Outputs
+from kdlab.families import get_family
 from kdlab.features import FEATURE_TERMS
 from kdlab.methods.layers import pkd_pairs
 
@@ -27,16 +28,24 @@ BATCH = dict(input_ids=torch.tensor([[2, 5, 7, 9, 0], [2, 8, 3, 0, 0]]),
              attention_mask=torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]]))
 
 
-def run(term, teacher, student):
-    """Bind ``term`` (encoder family: no stacks), run both models, return the term's value
-    and both models' hidden states."""
-    term.bind(teacher, student, ())
+STACKS = ("encoder",)
+
+
+def outputs(teacher, student, kinds=("hidden_states",)):
+    """Both models' ``Outputs`` from the encoder family asked for ``kinds``."""
+    family = get_family("encoder")
+    family.features = frozenset(kinds)
     with torch.no_grad():
-        h_t = teacher(**BATCH, output_hidden_states=True).hidden_states
-    teacher(**BATCH)
-    out = student(**BATCH)
-    h_s = student(**BATCH, output_hidden_states=True).hidden_states
-    return term(Outputs(out.logits), Outputs(out.logits)), h_s, h_t
+        t_out = family.forward(teacher, BATCH)
+    return family.forward(student, BATCH), t_out
+
+
+def run(term, teacher, student):
+    """Bind ``term`` to the encoder family's stack, run both models, return the term's
+    value and both models' hidden states."""
+    term.bind(teacher, student, STACKS)
+    s_out, t_out = outputs(teacher, student)
+    return term(s_out, t_out), s_out.hidden_states["encoder"], t_out.hidden_states["encoder"]
 
 
 def test_pkd_layer_maps():
@@ -81,10 +90,11 @@ def test_pkd_by_hand(scheme):
 def test_gradients_reach_the_student_not_the_teacher(name):
     teacher, student = bert(6), bert(3, seed=1)
     term = FEATURE_TERMS.build(name)
-    term.bind(teacher, student, ())
-    teacher(**BATCH)  # the live teacher runs with gradients enabled here: the term must detach
-    out = student(**BATCH)
-    term(Outputs(out.logits), Outputs(out.logits)).backward()
+    term.bind(teacher, student, STACKS)
+    family = get_family("encoder")
+    family.features = frozenset({"hidden_states"})
+    t_out = family.forward(teacher, BATCH)  # with gradients enabled here: the term must detach
+    term(family.forward(student, BATCH), t_out).backward()
     assert all(p.grad is None for p in teacher.parameters())
     assert student.bert.encoder.layer[0].attention.self.query.weight.grad.abs().sum() > 0
 
@@ -104,7 +114,7 @@ def test_padding_does_not_reach_the_value():
 @pytest.mark.parametrize("name", ["distilbert_cos", "pkd"])
 def test_different_widths_without_projection_are_rejected(name):
     with pytest.raises(ConfigError, match="same hidden width"):
-        FEATURE_TERMS.build(name).bind(bert(4, hidden=16), bert(2, hidden=8), ())
+        FEATURE_TERMS.build(name).bind(bert(4, hidden=16), bert(2, hidden=8), STACKS)
 
 
 def test_distilbert_projection_extension_learns_a_map():
@@ -115,9 +125,28 @@ def test_distilbert_projection_extension_learns_a_map():
     assert term.proj.weight.grad.abs().sum() > 0
 
 
-def test_rebinding_replaces_the_taps():
+def test_encoder_family_returns_hidden_states_and_attentions_when_asked():
     teacher, student = bert(4), bert(2, seed=1)
-    term = FEATURE_TERMS.build("distilbert_cos")
-    term.bind(teacher, student, ())
-    term.bind(teacher, student, ())
-    assert len(teacher._forward_hooks) == 1 and len(student._forward_pre_hooks) == 1
+    s_out, t_out = outputs(teacher, student, kinds=("hidden_states", "attentions"))
+    ref = teacher(**BATCH, output_hidden_states=True, output_attentions=True)
+    assert len(t_out.hidden_states["encoder"]) == 5 and len(s_out.attentions["encoder"]) == 2
+    for a, b in zip(t_out.hidden_states["encoder"], ref.hidden_states, strict=True):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(t_out.feature_masks["encoder"], BATCH["attention_mask"].bool())
+    family = get_family("encoder")
+    plain = family.forward(teacher, BATCH)  # nothing asked: logits only
+    assert plain.hidden_states is None and plain.attentions is None
+
+
+@pytest.mark.parametrize("name, params", [("hidden", {"layers": [[4, 2], [0, 0]]}),
+                                          ("attention", {"layers": [[3, 1]]})])
+def test_generic_feature_terms_serve_the_encoder_family(name, params):
+    """TinyBERT-style hidden-state and attention matching on BERT models of different widths."""
+    teacher, student = bert(4, hidden=16), bert(2, hidden=8, seed=1)
+    term = FEATURE_TERMS.build(name, **params)
+    term.bind(teacher, student, STACKS)
+    s_out, t_out = outputs(teacher, student, kinds=(term.kind,))
+    value = term(s_out, t_out)
+    assert torch.isfinite(value) and value > 0
+    value.backward()
+    assert student.bert.encoder.layer[0].attention.self.query.weight.grad.abs().sum() > 0

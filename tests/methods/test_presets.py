@@ -66,7 +66,7 @@ def test_feature_term_for_different_widths_fails_before_training():
     from tests.methods.test_feature_methods import bert
     objective = build_objective(compose_config(["experiment=methods/cpu/distilbert"]))
     with pytest.raises(ConfigError, match="same hidden width"):
-        objective.bind(bert(4, hidden=16), bert(2, hidden=8), ())
+        objective.bind(bert(4, hidden=16), bert(2, hidden=8), ("encoder",))
 
 
 def test_objective_passes_labels_and_progress():

@@ -8,7 +8,6 @@ import torch
 
 from kdlab.errors import ConfigError
 from kdlab.families import get_family
-from kdlab.families.base import Outputs
 from kdlab.features import FEATURE_TERMS
 from kdlab.methods.ted import FilterProbe, ProbeFamily, StageContext, filter_layers, stage_one
 from kdlab.objective import build_objective, fine_tune_objective
@@ -16,7 +15,7 @@ from kdlab.teacher_outputs import weights_hash
 from kdlab.tracking import NullTracker
 from kdlab.trainer import LoopSettings, train
 from tests.conftest import compose_config
-from tests.methods.test_feature_methods import BATCH, bert
+from tests.methods.test_feature_methods import BATCH, STACKS, bert, outputs
 
 
 def test_filter_layers_follow_the_authors_placement():
@@ -31,23 +30,20 @@ def test_filter_layers_follow_the_authors_placement():
 def test_filter_counts_must_match():
     term = FEATURE_TERMS.build("ted", teacher_interval=1, student_interval=1)
     with pytest.raises(ConfigError, match="teacher_interval=1 gives 4 filters.*student_interval=1 gives 2"):
-        term.bind(bert(4), bert(2), ())
-    FEATURE_TERMS.build("ted", teacher_interval=2).bind(bert(4), bert(2), ())
+        term.bind(bert(4), bert(2), STACKS)
+    FEATURE_TERMS.build("ted", teacher_interval=2).bind(bert(4), bert(2), STACKS)
 
 
 def bound(mask_padding=False, nonlinear=False, widths=(16, 8)):
     teacher, student = bert(4, hidden=widths[0]), bert(2, hidden=widths[1], seed=1)
     term = FEATURE_TERMS.build("ted", teacher_interval=2, mask_padding=mask_padding, nonlinear=nonlinear)
-    term.bind(teacher, student, ())  # float32 filters on float64 models: the term computes in float32
+    term.bind(teacher, student, STACKS)  # float32 filters on float64 models: the term computes in float32
     term.trained = True
     return term, teacher, student
 
 
 def run(term, teacher, student):
-    with torch.no_grad():
-        teacher(**BATCH)
-    out = student(**BATCH)
-    return term(Outputs(out.logits), Outputs(out.logits))
+    return term(*outputs(teacher, student))
 
 
 def hand_value(term, teacher, student, mask_padding):
@@ -127,7 +123,7 @@ class TinyDataset(torch.utils.data.Dataset):
 def test_probe_loss_is_the_mean_over_filters():
     teacher = bert(4).float()
     term = FEATURE_TERMS.build("ted", teacher_interval=2)
-    term.bind(teacher, bert(2).float(), ())
+    term.bind(teacher, bert(2).float(), STACKS)
     term.teacher_bank.requires_grad_(True)  # as stage I sets it
     probe = FilterProbe(teacher, term.teacher_bank).eval()
     batch = TinyDataset().collate([TinyDataset()[i] for i in range(4)])
@@ -162,7 +158,7 @@ def snapshot(module):
 def test_stage_one_trains_filters_on_frozen_models_and_caches_them(tmp_path):
     teacher, student = bert(4).float().eval(), bert(2, seed=1).float()
     term = FEATURE_TERMS.build("ted", teacher_interval=2, stage1={"max_steps": 3, "finetune_student": True})
-    term.bind(teacher, student, ())
+    term.bind(teacher, student, STACKS)
     t0, s0, bank0 = snapshot(teacher), snapshot(student), snapshot(term.teacher_bank)
     calls = []
     stage_one(term, teacher, student, context(tmp_path, calls))
@@ -177,7 +173,7 @@ def test_stage_one_trains_filters_on_frozen_models_and_caches_them(tmp_path):
     # a second run with the same models and recipe loads both stages from the cache
     teacher2, student2 = bert(4).float().eval(), bert(2, seed=1).float()
     term2 = FEATURE_TERMS.build("ted", teacher_interval=2, stage1={"max_steps": 3, "finetune_student": True})
-    term2.bind(teacher2, student2, ())
+    term2.bind(teacher2, student2, STACKS)
     calls2 = []
     stage_one(term2, teacher2, student2, context(tmp_path, calls2))
     assert calls2 == []
@@ -188,7 +184,7 @@ def test_stage_one_trains_filters_on_frozen_models_and_caches_them(tmp_path):
 def test_stage_one_without_student_finetuning_keeps_the_student(tmp_path):
     teacher, student = bert(4).float().eval(), bert(2, seed=1).float()
     term = FEATURE_TERMS.build("ted", teacher_interval=2, stage1={"max_steps": 2, "finetune_student": False})
-    term.bind(teacher, student, ())
+    term.bind(teacher, student, STACKS)
     s0, calls = snapshot(student), []
     stage_one(term, teacher, student, context(tmp_path, calls))
     assert calls == ["ted_teacher_filters", "ted_student_filters"]
