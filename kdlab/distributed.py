@@ -54,6 +54,18 @@ def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
+def average_gradients(params) -> None:
+    """Average the gradients of ``params`` over ranks: for trained parameters that live
+    outside the DDP-wrapped model (the learned projections and filters of feature terms),
+    which DDP does not synchronise. Every rank must pass the same parameters."""
+    if not active() or world_size() == 1:
+        return
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad.div_(world_size())
+
+
 def barrier() -> None:
     if active():
         dist.barrier()

@@ -233,6 +233,7 @@ def train(
             if micro < settings.grad_accum:
                 continue
             micro = 0
+            distributed.average_gradients(extra)  # DDP syncs the model's gradients, not these
             scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
             scaler.step(optimizer)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from kdlab import teacher_cache
@@ -107,3 +108,49 @@ def test_killed_teacher_fine_tuning_resumes_to_the_same_teacher(tmp_path, data_d
     # the checkpoint cadence does not change the cache key
     ft = compose_config(["experiment=smoke"]).teacher.finetune
     assert teacher_cache.key("m", "t", ft, 64) == teacher_cache.key("m", "t", {**ft, "save_every": 7}, 64)
+
+
+def _average_worker(rank, port, out_dir):
+    import os
+
+    import torch.distributed as dist
+
+    from kdlab import distributed
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        used, unused = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2))
+        used.grad = torch.full((3,), float(rank + 1))  # rank 0: 1, rank 1: 2
+        distributed.average_gradients([used, unused])
+        torch.save({"used": used.grad, "unused": unused.grad}, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gradients_of_objective_parameters_are_averaged_over_ranks(tmp_path):
+    """Learned projections / filters live in the objective, outside DDP: the trainer averages
+    their gradients itself (gloo, two processes)."""
+    torch.multiprocessing.spawn(_average_worker, args=(free_port(), str(tmp_path)), nprocs=2)
+    for rank in (0, 1):
+        grads = torch.load(tmp_path / f"rank{rank}.pt")
+        torch.testing.assert_close(grads["used"], torch.full((3,), 1.5))
+        assert grads["unused"] is None
+
+
+@pytest.mark.slow
+def test_ted_under_ddp(tmp_path, data_dir, cache_dir):
+    """TED's stage I (DDP-wrapped filter probes) and stage II (filters outside DDP, their
+    gradients averaged by the trainer) with two gloo processes."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(free_port()), "-m", "kdlab", "experiment=methods/cpu/ted", "hardware=ddp_cpu", "logger=none",
+           "trainer.max_steps=4", "objective.terms.ted.params.stage1.max_steps=4", f"cache_dir={cache_dir}",
+           f"hydra.run.dir={tmp_path}"]
+    env = {**__import__("os").environ, "KDLAB_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = results(tmp_path)
+    assert res["meta"]["world_size"] == 2 and res["steps"] == 4
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert {r["phase"] for r in rows if "phase" in r} >= {"ted_teacher_filters", "ted_student_filters", "student"}
+    assert all(r["student/ted"] > 0 for r in rows if "student/ted" in r)
