@@ -52,18 +52,34 @@ def cache_key(teacher_hash: str, tokenizer: Any, task: str, split: str, example_
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
+def _length(item: Any) -> int:
+    ids = item.get("input_ids") if isinstance(item, dict) else None
+    return len(ids) if ids is not None else 0
+
+
 def compute(model: torch.nn.Module, dataset: Any, family: Family, device: torch.device, precision: str,
             batch_size: int) -> np.ndarray:
-    """Teacher logits for every item of ``dataset``, in dataset order: ``[N, C]`` float32."""
+    """Teacher logits for every item of ``dataset``, in dataset order: ``[N, C]`` float32.
+
+    Items are batched in order of length (each batch padded to its longest member), which
+    removes most of the padding a pass in dataset order computes; rows are put back in
+    dataset order. Padding is masked, so the logits do not depend on the grouping beyond
+    float rounding.
+    """
     model.to(device).eval()
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate)
+    order = sorted(range(len(dataset)), key=lambda i: _length(dataset[i]))
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, order), batch_size=batch_size,
+                                         collate_fn=dataset.collate)
     rows = []
     with torch.no_grad():
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast(device, precision):
                 rows.append(family.forward(model, batch).logits.float().cpu().numpy())
-    return np.concatenate(rows)
+    values = np.concatenate(rows)
+    out = np.empty_like(values)
+    out[np.asarray(order)] = values
+    return out
 
 
 def cached(path: Path, make: Callable[[], np.ndarray]) -> np.ndarray:
