@@ -10,11 +10,57 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from typing import Any, Callable, Dict, Generic, Iterator, List, Mapping, TypeVar
+import typing
+from collections.abc import Mapping as MappingABC
+from collections.abc import Sequence as SequenceABC
+from typing import Any, Callable, Dict, Generic, Iterator, List, Mapping, TypeVar, Union
 
 from kdlab.errors import ConfigError
 
 T = TypeVar("T", bound=Callable[..., Any])
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a config value fits a simple annotation; hints it cannot read pass."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Union:
+        return any(_fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if hint in (dict, MappingABC) or origin in (dict, MappingABC):
+        return isinstance(value, MappingABC)
+    if hint in (list, tuple, SequenceABC) or origin in (list, tuple, SequenceABC):
+        return isinstance(value, SequenceABC) and not isinstance(value, str)
+    return True
+
+
+def _hint_name(hint: Any) -> str:
+    if typing.get_origin(hint) is None and hasattr(hint, "__name__"):
+        return hint.__name__
+    return str(hint).replace("typing.", "")
+
+
+def check_types(where: str, params: Mapping[str, Any], hints: Mapping[str, Any]) -> None:
+    """Raise ConfigError naming the first value of ``params`` that does not fit its type hint."""
+    for key, value in params.items():
+        if key in hints and not _fits(value, hints[key]):
+            raise ConfigError(f"{where}: {key}={value!r} must be of type {_hint_name(hints[key])}")
+
+
+def type_hints(obj: Any) -> Dict[str, Any]:
+    """The resolved annotations of a function, or of a class's ``__init__`` (empty if unreadable)."""
+    try:
+        return typing.get_type_hints(obj.__init__ if inspect.isclass(obj) else obj)
+    except Exception:  # forward references it cannot resolve: no type check
+        return {}
 
 
 class Registry(Generic[T]):
@@ -60,7 +106,9 @@ class Registry(Generic[T]):
             ) from None
 
     def check_params(self, name: str, params: Mapping[str, Any]) -> None:
-        """Raise ConfigError if ``params`` do not fit the signature of builder ``name``."""
+        """Raise ConfigError if ``params`` do not fit the signature of builder ``name``: an
+        unknown parameter, or a value whose type does not fit a simple annotation (bool,
+        int, float, str, mappings, sequences, ``Optional`` of these)."""
         builder = self.get(name)
         sig = inspect.signature(builder)
         accepted = [
@@ -76,6 +124,7 @@ class Registry(Generic[T]):
                     f"{self.kind} {name!r} has no parameter(s) {', '.join(map(repr, unknown))}. "
                     f"Valid parameters: {', '.join(accepted) or '(none)'}."
                 )
+        check_types(f"{self.kind} {name!r}", params, type_hints(builder))
 
     def build(self, name: str, /, *args: Any, **params: Any) -> Any:
         """Check ``params`` against the builder's signature, then call it."""

@@ -51,3 +51,35 @@ def test_parameters_checked_against_signature_before_building():
     with pytest.raises(ConfigError, match=r"'spy' has no parameter\(s\) 'b'.*Valid parameters: a"):
         reg.build("spy", a=1, b=2)
     assert calls == []
+
+
+@pytest.mark.parametrize("name, params, message", [
+    ("square", {"x": "3"}, "widget 'square': x='3' must be of type int"),
+    ("square", {"x": True}, "x=True must be of type int"),  # a bool is not a count
+    ("square", {"x": 3, "scale": "big"}, "scale='big' must be of type float"),
+    ("cube", {"side": 2.5}, "widget 'cube': side=2.5 must be of type int"),
+])
+def test_values_of_the_wrong_type_are_config_errors(name, params, message):
+    with pytest.raises(ConfigError, match=message):
+        make().build(name, **params)
+
+
+def test_types_accept_what_yaml_gives_and_optional_containers():
+    from typing import Dict, List, Optional
+
+    from omegaconf import OmegaConf
+
+    reg = Registry("widget")
+
+    @reg.register("w")
+    def w(scale: float = 1.0, flag: bool = False, layers: Optional[List[List[int]]] = None,
+          opts: Optional[Dict[str, int]] = None, anything=None):
+        return scale
+
+    cfg = OmegaConf.create({"layers": [[1, 2]], "opts": {"a": 1}})
+    assert reg.build("w", scale=2, flag=True, layers=cfg.layers, opts=cfg.opts, anything=object()) == 2
+    assert reg.build("w", layers=None, opts=None) == 1.0
+    with pytest.raises(ConfigError, match=r"layers=5 must be of type Optional\[List"):
+        reg.build("w", layers=5)
+    with pytest.raises(ConfigError, match="flag='yes' must be of type bool"):
+        reg.build("w", flag="yes")

@@ -41,6 +41,7 @@ from kdlab.families.base import Batch, Family, Outputs
 from kdlab.families.encoder import INPUTS
 from kdlab.features import FEATURE_TERMS, _layer_count
 from kdlab.methods.layers import HiddenStatePairs
+from kdlab.registry import check_types, type_hints
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class StageOne:
     """Stage I recipe. The authors' GLUE scripts: 3-8 epochs, batch 16-64, teacher lr
     1e-5..3e-5, student lr 4e-5..1e-4 (per task; SST-2: 6 epochs, batch 32, 2e-5 / 4e-5)."""
 
-    epochs: int = 6
+    epochs: float = 6
     max_steps: int = -1
     batch_size: int = 32
     teacher_lr: float = 2e-5
@@ -68,6 +69,7 @@ class StageOne:
         unknown = sorted(set(params) - known)
         if unknown:
             raise ConfigError(f"stage1: unknown key(s) {', '.join(unknown)}; valid keys are {', '.join(sorted(known))}")
+        check_types("stage1", params, type_hints(cls))
         recipe = cls(**params)
         for key in ("batch_size", "teacher_lr", "student_lr"):
             if getattr(recipe, key) <= 0:

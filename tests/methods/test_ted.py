@@ -194,6 +194,9 @@ def test_stage_one_without_student_finetuning_keeps_the_student(tmp_path):
 @pytest.mark.parametrize("params, message", [
     ({"stage1": {"epoch": 3}}, "unknown key.*epoch.*valid keys"),
     ({"stage1": {"teacher_lr": 0}}, "stage1.teacher_lr=0"),
+    ({"stage1": {"finetune_student": "no"}}, "stage1: finetune_student='no' must be of type bool"),
+    ({"stage1": 5}, r"stage1=5 must be of type Optional\[Dict"),
+    ({"mask_padding": "maybe"}, "mask_padding='maybe' must be of type bool"),
 ])
 def test_bad_stage_one_recipe(params, message):
     with pytest.raises(ConfigError, match=message):
