@@ -41,3 +41,14 @@ def run_cli(args: List[str], env_extra: dict | None = None, timeout: int = 600) 
     env.pop("WANDB_API_KEY", None)
     return subprocess.run([sys.executable, "-m", "kdlab", *args], capture_output=True, text=True,
                           env=env, timeout=timeout, cwd=REPO)
+
+
+def refused_before_training(args: List[str], tmp_path: Path, data_dir: Path) -> str:
+    """Run ``kdlab`` with an empty cache; assert it exits 2 (a user error) without having
+    fine-tuned a teacher; return its stderr."""
+    cache = tmp_path / "cache"
+    out = run_cli([*args, "logger=none", f"hydra.run.dir={tmp_path / 'run'}", f"cache_dir={cache}"],
+                  env_extra={"KDLAB_DATA_DIR": str(data_dir)})
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert not (cache / "teachers").exists()  # the teacher was not fine-tuned
+    return out.stderr

@@ -59,13 +59,18 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_ddp_cpu_two_processes(tmp_path, data_dir, cache_dir):
+def torchrun_two(args, tmp_path, data_dir, cache_dir):
+    """``kdlab hardware=ddp_cpu`` in two gloo processes; asserts it succeeded."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(free_port()), "-m", "kdlab", "experiment=smoke", "hardware=ddp_cpu", "logger=none",
-           "trainer.max_steps=6", f"cache_dir={cache_dir}", f"hydra.run.dir={tmp_path}"]
+           str(free_port()), "-m", "kdlab", *args, "hardware=ddp_cpu", "logger=none", f"cache_dir={cache_dir}",
+           f"hydra.run.dir={tmp_path}"]
     env = {**__import__("os").environ, "KDLAB_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1"}
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
+
+
+def test_ddp_cpu_two_processes(tmp_path, data_dir, cache_dir):
+    torchrun_two(["experiment=smoke", "trainer.max_steps=6"], tmp_path, data_dir, cache_dir)
     res = results(tmp_path)
     assert res["meta"]["world_size"] == 2 and res["steps"] == 6
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -142,13 +147,8 @@ def test_gradients_of_objective_parameters_are_averaged_over_ranks(tmp_path):
 def test_ted_under_ddp(tmp_path, data_dir, cache_dir):
     """TED's stage I (DDP-wrapped filter probes) and stage II (filters outside DDP, their
     gradients averaged by the trainer) with two gloo processes."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(free_port()), "-m", "kdlab", "experiment=methods/cpu/ted", "hardware=ddp_cpu", "logger=none",
-           "trainer.max_steps=4", "objective.terms.ted.params.stage1.max_steps=4", f"cache_dir={cache_dir}",
-           f"hydra.run.dir={tmp_path}"]
-    env = {**__import__("os").environ, "KDLAB_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stderr[-3000:]
+    torchrun_two(["experiment=methods/cpu/ted", "trainer.max_steps=4", "objective.terms.ted.params.stage1.max_steps=4"],
+                 tmp_path, data_dir, cache_dir)
     res = results(tmp_path)
     assert res["meta"]["world_size"] == 2 and res["steps"] == 4
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

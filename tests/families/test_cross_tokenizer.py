@@ -22,7 +22,7 @@ from kdlab.models.byte_tokenizer import byte_tokenizer
 from kdlab.objective import Objective, Term, build_objective
 from kdlab.teacher_outputs import LiveTeacher
 from kdlab.validation import check_pair
-from tests.conftest import compose_config, run_cli
+from tests.conftest import compose_config, refused_before_training, run_cli
 
 
 def test_byte_tokenizer_round_trips_and_differs_from_wordpiece():
@@ -137,10 +137,5 @@ def test_uld_across_tokenizers_end_to_end(tmp_path, data_dir, cache_dir):
 
 
 def test_kd_across_tokenizers_fails_before_the_teacher_is_fine_tuned(tmp_path, data_dir):
-    cache = tmp_path / "cache"
-    out = run_cli(["experiment=methods/cpu/uld", "objective.alpha=0.5", "logger=none",
-                   f"hydra.run.dir={tmp_path / 'run'}", f"cache_dir={cache}"],
-                  env_extra={"KDLAB_DATA_DIR": str(data_dir)})
-    assert out.returncode == 2, out.stderr[-2000:]
-    assert "objective term(s) kd need a shared tokenizer" in out.stderr
-    assert not (cache / "teachers").exists()
+    stderr = refused_before_training(["experiment=methods/cpu/uld", "objective.alpha=0.5"], tmp_path, data_dir)
+    assert "objective term(s) kd need a shared tokenizer" in stderr

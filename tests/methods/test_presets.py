@@ -12,7 +12,7 @@ from kdlab.errors import ConfigError
 from kdlab.families.base import Outputs
 from kdlab.methods import LABEL_TERMS
 from kdlab.objective import Objective, Term, build_objective
-from tests.conftest import compose_config, run_cli
+from tests.conftest import compose_config, refused_before_training, run_cli
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "experiment" / "methods"
 PRESETS = sorted(str(p.relative_to(PRESET_DIR.parent).with_suffix("")) for p in PRESET_DIR.rglob("*.yaml")
@@ -100,10 +100,5 @@ def test_cpu_preset_runs(preset, tmp_path, data_dir, cache_dir):
 
 def test_pair_preconditions_fail_before_the_teacher_is_fine_tuned(tmp_path, data_dir):
     """A feature term the pair cannot serve stops the run before any training."""
-    cache = tmp_path / "cache"
-    out = run_cli(["experiment=methods/cpu/distilbert", "student=shrunk", "logger=none",
-                   f"hydra.run.dir={tmp_path / 'run'}", f"cache_dir={cache}"],
-                  env_extra={"KDLAB_DATA_DIR": str(data_dir)})
-    assert out.returncode == 2, out.stderr[-2000:]
-    assert "same hidden width (teacher 384, student 128)" in out.stderr
-    assert not (cache / "teachers").exists()  # the teacher was not fine-tuned
+    stderr = refused_before_training(["experiment=methods/cpu/distilbert", "student=shrunk"], tmp_path, data_dir)
+    assert "same hidden width (teacher 384, student 128)" in stderr
