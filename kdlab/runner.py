@@ -37,7 +37,7 @@ from kdlab.objective import build_objective, fine_tune_objective
 from kdlab.report import format_table
 from kdlab.tracking import RESULTS_FILE, NullTracker, Tracker, write_json_atomic
 from kdlab.trainer import LoopResult, LoopSettings, train
-from kdlab.validation import check_pair, check_student_tokenizer, same_tokenizer, validate
+from kdlab.validation import check_pair, same_tokenizer, validate
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,9 @@ class Experiment:
         self.device = device
         self.tracker = tracker
         self.precision = cfg.hardware.precision
+        self.spec = build_objective(cfg)  # what the objective needs; each phase builds its own
         # the distillation terms that need teacher and student to share a tokenizer
-        self.needs_shared = build_objective(cfg).shared_tokenizer_terms(self.family.name)
+        self.needs_shared = self.spec.shared_tokenizer_terms(self.family.name)
         self.student_tokenizer: Any = None  # set by check_objective
 
     # -- data ---------------------------------------------------------------------------
@@ -96,8 +97,7 @@ class Experiment:
         # function of its cache key (weights source, task, recipe), whatever ran before.
         set_seed(tcfg.finetune.seed)
         loaded = TEACHERS.get(tcfg.name)(tcfg, self.task.num_labels, self.cfg.cache_dir, self.family)
-        check_student_tokenizer(self.cfg.student, loaded, self.needs_shared)  # before any fine-tuning
-        self.check_objective(loaded)
+        self.check_objective(loaded)  # before any fine-tuning
         if loaded.has_task_head and not tcfg.force_finetune:
             return loaded
         key = teacher_cache.key(loaded.source, self.task.name, tcfg.finetune, self.cfg.dataset.max_length)
@@ -128,14 +128,13 @@ class Experiment:
         student = STUDENTS.get(self.cfg.student.name)(self.cfg.student, teacher, self.task.num_labels, self.family)
         check_pair(teacher, student, self.task.num_labels, self.family.name, self.needs_shared)
         self.student_tokenizer = student.tokenizer
-        build_objective(self.cfg).bind(teacher.model, student.model, self.family.stacks)
+        self.spec.bind(teacher.model, student.model, self.family.stacks)
 
-    def teacher_outputs(self, teacher: Loaded, teacher_hash: str, train_ds: Any, example_ids: List[int],
-                        needs_features: bool = False):
+    def teacher_outputs(self, teacher: Loaded, teacher_hash: str, train_ds: Any, example_ids: List[int]):
         """The teacher's outputs per batch: read from the on-disk cache, or computed live."""
         live = teacher_outputs.LiveTeacher(teacher.model, self.family, self.device, self.precision)
         if not self.cfg.trainer.cache_teacher_outputs or self.family.name != "encoder" \
-                or needs_features:  # feature terms need live hidden states
+                or self.spec.features:  # feature terms need live hidden states
             return live
         key = teacher_outputs.cache_key(
             teacher_hash, teacher.tokenizer, self.task.name, "train",
@@ -169,7 +168,6 @@ class Experiment:
             checkpoint_dir=ckpt_dir, resume=resume_dir is not None, meta=meta,
         )
         return student, result
-
 
     def stage_one(self, objective: Any, teacher: Loaded, student: Loaded, train_ds: Any) -> None:
         """Terms trained in a stage of their own before distillation (TED's filters)."""
@@ -247,7 +245,7 @@ def run(cfg: Config) -> Dict[str, Any]:
     """Run the experiment of ``cfg``; returns the contents of ``results.json``."""
     start = time.perf_counter()
     validate(cfg)
-    needs_features = bool(build_objective(cfg).features)  # fails on bad terms before loading anything
+    build_objective(cfg)  # fails on bad terms before loading anything
     transformers.logging.set_verbosity_error()  # load reports of fresh heads are expected here
     transformers.logging.disable_progress_bar()
     if cfg.hardware.num_threads:
@@ -295,8 +293,7 @@ def run(cfg: Config) -> Dict[str, Any]:
                                                 resume_dir=resume_from, meta=ckpt_meta)
             results["baseline_student"] = {"name": cfg.student.name, "params": count_params(base.model),
                                            **summarise(base_result, cfg.trainer.select)}
-        outputs = exp.teacher_outputs(teacher, teacher_hash, train_ds, [ex.idx for ex in train_examples],
-                                      needs_features)
+        outputs = exp.teacher_outputs(teacher, teacher_hash, train_ds, [ex.idx for ex in train_examples])
         student, result = exp.fit_student(teacher, distill_ds, s_evals, "student", outputs=outputs,
                                           resume_dir=resume_from, meta=ckpt_meta)
         if not distributed.is_main():  # rank 0 alone reports

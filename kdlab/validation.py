@@ -111,19 +111,3 @@ def check_vocab(t_tokenizer: Any, t_config: Any, s_tokenizer: Any, s_config: Any
                 f"incompatible teacher/student pair: the {who} has a vocabulary of {size} tokens, "
                 f"smaller than its tokenizer's {n}"
             )
-
-
-def check_student_tokenizer(student_cfg: Any, teacher: Loaded, needs_shared: Optional[Sequence[str]] = None) -> None:
-    """Before any training: a ``pretrained`` student's tokenizer and vocabulary against
-    the teacher's (reads only the student's tokenizer and config files)."""
-    if student_cfg.name != "pretrained" or not student_cfg.path:
-        return  # the other builders reuse the teacher's tokenizer
-    from transformers import AutoConfig, AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(student_cfg.path)
-        config = AutoConfig.from_pretrained(student_cfg.path)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"student.path={student_cfg.path!r}: {e.__class__.__name__}: "
-                          f"{str(e).splitlines()[0]}") from None
-    check_vocab(teacher.tokenizer, teacher.model.config, tokenizer, config, needs_shared)

@@ -5,8 +5,7 @@ import copy
 
 import pytest
 import torch
-from famtools import Pair
-from omegaconf import OmegaConf
+from famtools import SETUPS, Pair
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -14,7 +13,9 @@ from kdlab.errors import ConfigError
 from kdlab.features import FEATURE_TERMS
 from kdlab.models import Loaded
 from kdlab.objective import Objective, Term, build_objective
-from kdlab.validation import check_pair, check_student_tokenizer
+from kdlab.runner import Experiment
+from kdlab.tracking import NullTracker
+from kdlab.validation import check_pair
 from tests.conftest import compose_config
 
 
@@ -41,12 +42,15 @@ def test_student_vocabulary_smaller_than_tokenizer_is_rejected(pair: Pair):
 
 
 def test_pretrained_student_checked_before_any_training(pair: Pair, tmp_path):
-    """A student directory with another tokenizer fails from its files alone."""
+    """A student directory with another tokenizer fails when the runner checks the pair,
+    right after loading the teacher and before fine-tuning it."""
     pair.student.model.save_pretrained(tmp_path)
     other_tokenizer().save_pretrained(tmp_path)
-    cfg = OmegaConf.create({"name": "pretrained", "path": str(tmp_path)})
-    with pytest.raises(ConfigError, match="different tokenizers"):
-        check_student_tokenizer(cfg, pair.teacher)
+    teacher = {"causal": "tiny_gpt2", "seq2seq": "tiny_t5"}[pair.family.name]
+    cfg = compose_config([f"teacher={teacher}", "student=pretrained", f"student.path={tmp_path}",
+                          f"dataset={SETUPS[pair.family.name][0]}", "divergence=kl"])
+    with pytest.raises(ConfigError, match="different tokenizers.*kd, kl need a shared tokenizer"):
+        Experiment(cfg, NullTracker(), torch.device("cpu")).check_objective(pair.teacher)
 
 
 def test_padded_vocabulary_is_sliced(pair: Pair):
