@@ -1,8 +1,10 @@
-"""The official metrics of GLUE and SuperGLUE, in plain NumPy.
+"""The official metrics of GLUE and SuperGLUE, from scikit-learn and SciPy.
 
 Scores are fractions in [0, 1] (correlations in [-1, 1]), not percentages. The
-implementations are independent of scikit-learn / SciPy, which the tests use as
-reference scorers.
+classification and correlation scores are ``sklearn.metrics`` / ``scipy.stats``, as the
+benchmarks' own scorers use them; what no library has is here: the per-group scores of
+MultiRC (exact match per question) and AX-g (gender parity per minimal pair), and
+ReCoRD's answer-string scores with the official script's normalisation.
 
 =========================  ==========================================================
 task                       metrics (main first)
@@ -18,6 +20,12 @@ AX-b                       matthews_correlation, accuracy
 AX-g                       accuracy, gender_parity (pairs with equal predictions)
 the rest                   accuracy
 =========================  ==========================================================
+
+Degenerate inputs have a defined value, never NaN: F1 with no positive predicted or
+present is 0; MCC with constant predictions or references is 0 (scikit-learn's
+convention); Pearson and Spearman with a constant side (every prediction equal, e.g. a
+collapsed regressor, or a single example) are 0, the same "no association measurable"
+value, where SciPy would return NaN.
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ from collections import Counter
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
+from scipy import stats
+from sklearn import metrics as skm
 
 from kdlab.data.examples import NO_LABEL, Example
 from kdlab.data.tasks import TaskSpec, get_task
@@ -37,58 +47,43 @@ from kdlab.errors import DataError
 
 
 def accuracy(pred: np.ndarray, ref: np.ndarray) -> float:
-    return float(np.mean(pred == ref))
+    return float(skm.accuracy_score(ref, pred))
 
 
-def _f1(tp: float, fp: float, fn: float) -> float:
-    # F1 = 2TP / (2TP + FP + FN); 0 when there is nothing to find and nothing found
-    denom = 2 * tp + fp + fn
-    return float(2 * tp / denom) if denom else 0.0
-
-
-def binary_f1(pred: np.ndarray, ref: np.ndarray, positive: int = 1) -> float:
-    p, r = pred == positive, ref == positive
-    return _f1(np.sum(p & r), np.sum(p & ~r), np.sum(~p & r))
+def binary_f1(pred: np.ndarray, ref: np.ndarray) -> float:
+    """F1 of the positive class (label 1); 0 when there is nothing to find and nothing found."""
+    return float(skm.f1_score(ref, pred, pos_label=1, average="binary", zero_division=0.0))
 
 
 def macro_f1(pred: np.ndarray, ref: np.ndarray) -> float:
     """Unweighted mean of per-class F1 over the classes seen in ``pred`` or ``ref``."""
-    return float(np.mean([binary_f1(pred, ref, c) for c in np.union1d(pred, ref)]))
+    return float(skm.f1_score(ref, pred, average="macro", zero_division=0.0))
 
 
 def matthews_correlation(pred: np.ndarray, ref: np.ndarray) -> float:
-    """MCC; for K classes Gorodkin's R_K = (c s - t.p) / sqrt((s^2 - p.p)(s^2 - t.t))."""
-    classes = np.union1d(pred, ref)
-    t = np.array([np.sum(ref == c) for c in classes], dtype=float)  # true counts
-    p = np.array([np.sum(pred == c) for c in classes], dtype=float)  # predicted counts
-    c, s = float(np.sum(pred == ref)), float(len(ref))
-    denom = np.sqrt((s * s - p @ p) * (s * s - t @ t))
-    return float((c * s - t @ p) / denom) if denom else 0.0
+    """MCC; for K classes Gorodkin's R_K. 0 when either side is constant."""
+    return float(skm.matthews_corrcoef(ref, pred))
 
 
 # ---------------------------------------------------------------- regression
 
 
+def _constant(x: np.ndarray) -> bool:
+    return bool(np.all(x == x[0]))
+
+
 def pearson(pred: np.ndarray, ref: np.ndarray) -> float:
-    x, y = pred - pred.mean(), ref - ref.mean()
-    denom = np.sqrt((x @ x) * (y @ y))
-    return float(x @ y / denom) if denom else float("nan")
-
-
-def _ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks from 1, ties sharing their mean rank."""
-    order = np.argsort(x, kind="stable")
-    xs = x[order]
-    starts = np.r_[0, np.flatnonzero(xs[1:] != xs[:-1]) + 1]
-    ends = np.r_[starts[1:], len(x)]
-    ranks = np.empty(len(x))
-    for a, b in zip(starts, ends, strict=True):
-        ranks[order[a:b]] = (a + b + 1) / 2
-    return ranks
+    """Pearson's r; 0 when either side is constant (SciPy: NaN and a warning)."""
+    if _constant(pred) or _constant(ref):
+        return 0.0
+    return float(stats.pearsonr(pred, ref).statistic)
 
 
 def spearman(pred: np.ndarray, ref: np.ndarray) -> float:
-    return pearson(_ranks(pred), _ranks(ref))
+    """Spearman's rho (ties share their mean rank); 0 when either side is constant."""
+    if _constant(pred) or _constant(ref):
+        return 0.0
+    return float(stats.spearmanr(pred, ref).statistic)
 
 
 # ---------------------------------------------------------------- grouped tasks
