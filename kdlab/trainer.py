@@ -199,7 +199,11 @@ def train(
             stop = settings.patience > 0 and bad_evals >= settings.patience
         return distributed.broadcast_flag(stop)
 
+    # Throughput: samples per second of wall time over the last logging window, so warm-up
+    # (allocator, kernel autotuning) leaves the curve after one window; the phase-long
+    # average, which keeps it for hundreds of steps, is `samples_per_s_cumulative`.
     t0, seen = time.perf_counter(), 0
+    window_t0, window_seen = t0, 0
     bar = tqdm(total=steps, initial=result.steps, desc=phase, dynamic_ncols=True,
                disable=not settings.progress or not distributed.is_main())
     stopped = result.steps >= steps
@@ -244,11 +248,13 @@ def train(
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{seen / max(time.perf_counter() - t0, 1e-9):.1f}")
             if distributed.is_main() and (result.steps % settings.log_every == 0 or result.steps == steps):
-                elapsed = time.perf_counter() - t0
+                now = time.perf_counter()
                 row = {"phase": phase, "phase_step": result.steps,
                        **{f"{phase}/{k}": v.item() for k, v in parts.items()},
                        f"{phase}/lr": scheduler.get_last_lr()[0], f"{phase}/grad_norm": float(grad_norm),
-                       f"{phase}/samples_per_s": seen / max(elapsed, 1e-9)}
+                       f"{phase}/samples_per_s": (seen - window_seen) / max(now - window_t0, 1e-9),
+                       f"{phase}/samples_per_s_cumulative": seen / max(now - t0, 1e-9)}
+                window_t0, window_seen = now, seen
                 agree = agreement(out, teacher) if teacher is not None else math.nan
                 if not math.isnan(agree):  # no common classes: nothing to report
                     row[f"{phase}/agreement"] = agree

@@ -192,3 +192,27 @@ def test_sound_sinkhorn_diagnostics_are_logged(tracker):
     rows = [json.loads(line) for line in (tracker.run_dir / "metrics.jsonl").read_text().splitlines()]
     stats = {k for r in rows for k in r if k.startswith("test/sinkhorn/")}
     assert stats and all(isinstance(rows[-1][k], float) for k in stats if k in rows[-1])
+
+
+def test_throughput_is_the_last_logging_window(tracker, monkeypatch):
+    """A slow first step (warm-up) leaves ``samples_per_s`` after one window; the phase
+    average keeps it and is logged as ``samples_per_s_cumulative``."""
+    import json
+
+    clock = {"now": 100.0}
+    monkeypatch.setattr("kdlab.trainer.time.perf_counter", lambda: clock["now"])
+    durations = iter([10.0, 1.0, 1.0, 1.0])  # seconds per step: warm-up, then steady
+
+    class Clocked:
+        def __getattr__(self, name):
+            return getattr(FAMILY, name)
+
+        def forward(self, model, batch):
+            clock["now"] += next(durations)
+            return FAMILY.forward(model, batch)
+
+    train(tiny_model(), ToyData(), Clocked(), fine_tune_objective(), settings(max_steps=4, batch_size=8, log_every=2),
+          tracker, "test", torch.device("cpu"))
+    rows = [json.loads(line) for line in (tracker.run_dir / "metrics.jsonl").read_text().splitlines()]
+    rates = [(r["test/samples_per_s"], r["test/samples_per_s_cumulative"]) for r in rows if "test/samples_per_s" in r]
+    assert rates == [pytest.approx((16 / 11, 16 / 11)), pytest.approx((16 / 2, 32 / 13))]
