@@ -7,8 +7,10 @@ directory and renamed into place, so a crash never leaves a half-written teacher
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -19,6 +21,8 @@ from omegaconf import OmegaConf
 
 from kdlab.families.base import Family
 from kdlab.models import Loaded
+
+log = logging.getLogger(__name__)
 
 MARKER = "kdlab_teacher.json"
 NOT_IN_KEY = ("save_every",)  # recipe fields that do not change the fine-tuned weights
@@ -60,8 +64,13 @@ def save(cache_dir: str, k: str, loaded: Loaded, meta: Dict[str, Any]) -> Loaded
         (tmp / MARKER).write_text(json.dumps({"key": k, "source": loaded.source, **meta}, indent=2))
         try:
             os.rename(tmp, path)
-        except OSError:  # a concurrent sweep member saved it first; keep theirs
-            pass
+        except OSError as e:
+            # A concurrent sweep member renamed its complete copy into place first: keep
+            # theirs. Anything else (permissions, a full disk, a stray directory without the
+            # marker) is an error; the temp directory is removed either way.
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not (path / MARKER).is_file():
+                raise
+            log.info("teacher %s was cached by another run meanwhile; using that copy", k)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(partial(cache_dir, k), ignore_errors=True)
