@@ -15,7 +15,9 @@ from kdlab.config import register_configs
 from kdlab.errors import ConfigError, DataError, ResourceError
 
 log = logging.getLogger(__name__)
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+# Shipped inside the package so that a wheel or `pip install git+...` finds them; the
+# top-level `configs` of a checkout is a link to this folder.
+CONFIG_DIR = str(Path(__file__).resolve().parent / "configs")
 
 register_configs()
 
