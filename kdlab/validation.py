@@ -7,6 +7,7 @@ from typing import Any, Optional, Sequence
 from omegaconf import OmegaConf
 
 from kdlab.config import Config
+from kdlab.config_keys import check_known_keys
 from kdlab.data import get_task
 from kdlab.errors import ConfigError
 from kdlab.families import FAMILIES
@@ -32,6 +33,7 @@ def _choice(key: str, value: str, choices) -> None:
 def validate(cfg: Config) -> None:
     import torch
 
+    check_known_keys(cfg)  # first: a key added with + that nothing reads
     get_task(cfg.dataset.name)
     TEACHERS.get(cfg.teacher.name)
     STUDENTS.get(cfg.student.name)

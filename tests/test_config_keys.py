@@ -1,0 +1,63 @@
+"""Every key of a run's config is declared by the schema, however it was added: a plain
+override and a YAML file are refused at composition (the struct flag); ``+key`` / ``++key``,
+which lift that flag, are refused by ``validate`` before any work."""
+
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+
+from kdlab.config_keys import check_known_keys
+from kdlab.errors import ConfigError
+from kdlab.validation import validate
+from tests.conftest import compose_config, refused_before_training
+
+
+@pytest.mark.parametrize(
+    "overrides, key, valid",
+    [
+        (["+trainer.nosuchkey=1"], "'trainer.nosuchkey'", "valid keys of trainer: epochs, max_steps"),
+        (["++trainer.nosuchkey=1"], "'trainer.nosuchkey'", "cache_teacher_outputs"),
+        (["+teacher.finetune.lrr=1"], r"'teacher.finetune.lrr' \(did you mean lr\?\)", "of teacher.finetune"),
+        (["++objective.kd.foo.bar=2"], "'objective.kd.foo'", "valid keys of objective.kd: temperature, t2, anneal"),
+        (["+nosuchkey=1"], "'nosuchkey'", "valid keys at the top level: teacher, student"),
+        (["experiment=methods/cpu/ted", "+objective.terms.ted.zzz=1"], "'objective.terms.ted.zzz'",
+         "valid keys of objective.terms.ted: name, weight, params"),
+    ],
+)
+def test_keys_added_with_plus_are_refused_naming_the_valid_keys(overrides, key, valid):
+    cfg = compose_config(["output_dir=/tmp/x", *overrides])  # composes: + lifts the struct flag
+    with pytest.raises(ConfigError, match=f"unknown config key {key}.*{valid}"):
+        validate(cfg)
+
+
+def test_free_form_nodes_take_any_key():
+    cfg = compose_config(["output_dir=/tmp/x", "experiment=methods/cpu/ted", "+divergence.params.anything=1",
+                          "+teacher.overrides.n_layer=2", "++student.overrides.x.y=3",
+                          "+objective.terms.ted.params.extra=1", "+objective.terms={rkl: {name: rkl, weight: 0.5}}"])
+    check_known_keys(cfg)
+    check_known_keys(compose_config(["output_dir=/tmp/x"]))  # and the defaults
+
+
+def test_every_preset_holds_schema_keys_only():
+    presets = Path(__file__).resolve().parent.parent / "kdlab" / "configs" / "experiment"
+    names = [p.relative_to(presets).with_suffix("").as_posix() for p in presets.rglob("*.yaml")]
+    names = [n for n in names if "/" not in n or n.startswith("methods/")]  # full presets, not parts
+    assert "smoke" in names
+    for name in names:
+        check_known_keys(compose_config([f"experiment={name}"]))
+
+
+def test_unknown_key_in_a_yaml_file_is_refused_at_composition(tmp_path):
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "typo.yaml").write_text("# @package _global_\ntrainer:\n  nosuchkey: 1\n")
+    with pytest.raises(ConfigCompositionException) as e:
+        compose_config([f"hydra.searchpath=[file://{tmp_path}]", "experiment=typo"])
+    assert "nosuchkey" in f"{e.value} {e.value.__cause__}"
+
+
+def test_cli_refuses_a_key_added_with_plus_before_any_work(tmp_path, data_dir):
+    err = refused_before_training(["experiment=smoke", "+trainer.nosuchkey=1"], tmp_path, data_dir)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1].startswith("kdlab: error: unknown config key 'trainer.nosuchkey'"), err[-2000:]
+    assert "valid keys of trainer: epochs" in lines[-1] and "Traceback" not in err
