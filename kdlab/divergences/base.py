@@ -7,6 +7,11 @@ A divergence is called as ``div(student_logits, teacher_logits, mask=None)``:
   arithmetic, so whatever they contain (even NaN or inf) cannot reach the value or the
   gradient;
 - the teacher side is always detached;
+- a ``-inf`` logit (vocabulary masking by an external or cached teacher) is a class of
+  probability exactly 0. A class that is ``-inf`` in both inputs contributes exactly 0, as
+  if it were removed, to the value and to the gradient; a class masked on one side only
+  contributes what the divergence gives a zero probability there (0, or inf where the
+  divergence is infinite, e.g. reverse KL of a class the teacher masks). See ``exact_rows``;
 - half-precision inputs are upcast to float32 and autocast is disabled inside, so the
   loss is computed in float32 whatever the caller's precision (float64 stays float64).
 """
@@ -138,6 +143,50 @@ def reduce(values: Tensor, n_rows: int, reduction: str) -> Tensor:
     return values.sum() / max(values.numel(), 1)
 
 
+# Where the plain formulas meet 0 * log 0 or -inf - (-inf), a -inf logit is raised so that
+# it is at most this value once divided by the temperature: its probability is still
+# exactly 0 but its log-probability is finite, so a class masked in both inputs contributes
+# 0 * 0, never NaN, to the value and to the gradient. |NEG_LOGIT| * 100 (the largest
+# |alpha|) is finite in float32: the alpha-divergences' exponents cannot become inf - inf.
+NEG_LOGIT = -1e30
+
+
+def finite_logits(x: Tensor, temperature: float) -> Tensor:
+    """``x`` with ``-inf`` raised to ``NEG_LOGIT * min(T, 1)`` (finite after the division by
+    T); the gradient is 0 at the raised entries."""
+    return x.clamp_min(NEG_LOGIT * min(temperature, 1.0))
+
+
+def exact_rows(
+    div: LogitDivergence, s: Tensor, t: Tensor, with_grad: bool
+) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """``(log_q, values [N], h [N, C] or None)`` of rows ``s``, ``t`` ``[N, C]``, with every
+    ``0 * log 0`` of a zero-probability class counted as 0.
+
+    The plain formulas run first; only rows whose value is NaN, which a finite input can
+    only give through ``0 * log 0`` or ``-inf - (-inf)`` of ``-inf`` logits, are computed
+    again from ``finite_logits``. The other rows keep their value, an inf where the
+    divergence is truly infinite included.
+    """
+    log_q, log_p = div.prepare(s, t)
+    if with_grad:
+        values, h = div.value_and_grad(log_q, log_p)
+    else:
+        values, h = div.pointwise(log_q, log_p), None
+    nan = values.isnan()
+    if bool(nan.any()):
+        T = div.temperature
+        log_q2, log_p2 = div.prepare(finite_logits(s, T), finite_logits(t, T))
+        if with_grad:
+            values2, h2 = div.value_and_grad(log_q2, log_p2)
+            h = torch.where(nan[:, None], h2, h)
+        else:
+            values2 = div.pointwise(log_q2, log_p2)
+        values = torch.where(nan, values2, values)
+        log_q = torch.where(nan[:, None], log_q2, log_q)
+    return log_q, values, h
+
+
 # Rows are processed in blocks of about this many elements (256 rows at V = 32000): the
 # temporaries of the elementwise passes are then block-sized instead of [N, V]. Smaller
 # blocks were faster on an idle CPU but much slower on a loaded one (every op waits for
@@ -153,15 +202,21 @@ class _FusedPointwise(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, s: Tensor, t: Tensor, div: LogitDivergence) -> Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx, s: Tensor, t: Tensor, div: LogitDivergence, exact: bool
+    ) -> Tensor:
         N, C = s.shape
         rows = max(1, FUSED_BLOCK // max(C, 1))
         values = s.new_empty(N)
         log_q_all = torch.empty_like(s)
         h_all = torch.empty_like(s)
         for i in range(0, N, rows):
-            log_q, log_p = div.prepare(s[i : i + rows], t[i : i + rows])
-            values[i : i + rows], h_all[i : i + rows] = div.value_and_grad(log_q, log_p)
+            if exact:
+                block = exact_rows(div, s[i : i + rows], t[i : i + rows], True)
+                log_q, values[i : i + rows], h_all[i : i + rows] = block
+            else:
+                log_q, log_p = div.prepare(s[i : i + rows], t[i : i + rows])
+                values[i : i + rows], h_all[i : i + rows] = div.value_and_grad(log_q, log_p)
             log_q_all[i : i + rows] = log_q
         ctx.save_for_backward(log_q_all, h_all)
         ctx.temperature = div.temperature
@@ -180,7 +235,7 @@ class _FusedPointwise(torch.autograd.Function):
             torch.mul(log_q_all[i : i + rows].exp(), h.sum(-1, keepdim=True), out=g)
             torch.sub(h, g, out=g)
             g.mul_(scale[i : i + rows, None])
-        return grad, None, None
+        return grad, None, None, None
 
 
 class LogitDivergence(torch.nn.Module):
@@ -250,14 +305,23 @@ class LogitDivergence(torch.nn.Module):
         self.log_cap = LOG_CAP_FP16 if student_logits.dtype == torch.float16 else LOG_CAP
         with no_autocast(s):
             s, t = compute_dtype(s), compute_dtype(t)
-            if self.fused and torch.is_grad_enabled() and s.requires_grad:
-                values = _FusedPointwise.apply(s, t, self)
-            else:
-                values = self.pointwise(*self.prepare(s, t))
-            out = reduce(values, n_rows, self.reduction)
+            out = reduce(self._values(s, t, exact=False), n_rows, self.reduction)
+            if math.isnan(out.item()):  # -inf logits met 0 * log 0 (rare): again, as 0
+                out = reduce(self._values(s, t, exact=True), n_rows, self.reduction)
             if self.t2:
                 out = out * (self.temperature**2)
         return out
+
+    def _values(self, s: Tensor, t: Tensor, exact: bool) -> Tensor:
+        """Per-position values ``[N]``; ``exact``: every ``0 * log 0`` counted as 0 (see
+        ``exact_rows``), at the cost of a second pass over the rows that need it."""
+        if not (torch.is_grad_enabled() and s.requires_grad):
+            return exact_rows(self, s, t, False)[1] if exact else self.pointwise(*self.prepare(s, t))
+        if self.fused:
+            return _FusedPointwise.apply(s, t, self, exact)
+        if exact:  # autograd: no NaN may enter the graph, not even in an unselected branch
+            s, t = finite_logits(s, self.temperature), finite_logits(t, self.temperature)
+        return self.pointwise(*self.prepare(s, t))
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, t2={self.t2}, reduction={self.reduction!r}"
