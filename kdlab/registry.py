@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import logging
 import typing
 from collections.abc import Mapping as MappingABC
 from collections.abc import Sequence as SequenceABC
@@ -18,6 +19,7 @@ from typing import Any, Callable, Dict, Generic, Iterator, List, Mapping, TypeVa
 from kdlab.errors import ConfigError
 
 T = TypeVar("T", bound=Callable[..., Any])
+log = logging.getLogger(__name__)
 
 
 def _fits(value: Any, hint: Any) -> bool:
@@ -56,11 +58,27 @@ def check_types(where: str, params: Mapping[str, Any], hints: Mapping[str, Any])
 
 
 def type_hints(obj: Any) -> Dict[str, Any]:
-    """The resolved annotations of a function, or of a class's ``__init__`` (empty if unreadable)."""
+    """The resolved annotations of a function, or of a class's ``__init__``.
+
+    An annotation naming something its module does not define at run time (a forward
+    reference, a name imported only for type checkers) is left out, and only that one:
+    the builder's other parameters are still checked. Any other failure (an annotation
+    that is not a valid type) is a bug of the builder and is raised, never turned into a
+    silent "no type check".
+    """
+    fn = obj.__init__ if inspect.isclass(obj) else obj
     try:
-        return typing.get_type_hints(obj.__init__ if inspect.isclass(obj) else obj)
-    except Exception:  # forward references it cannot resolve: no type check
-        return {}
+        return typing.get_type_hints(fn)
+    except NameError:
+        pass
+    hints: Dict[str, Any] = {}
+    namespace = getattr(fn, "__globals__", {})
+    for key, annotation in getattr(fn, "__annotations__", {}).items():
+        try:  # what get_type_hints does, one annotation at a time
+            hints[key] = eval(annotation, namespace) if isinstance(annotation, str) else annotation
+        except NameError as e:
+            log.debug("%r: parameter %r not type-checked (%s)", obj, key, e)
+    return hints
 
 
 class Registry(Generic[T]):

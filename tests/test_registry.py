@@ -83,3 +83,28 @@ def test_types_accept_what_yaml_gives_and_optional_containers():
         reg.build("w", layers=5)
     with pytest.raises(ConfigError, match="flag='yes' must be of type bool"):
         reg.build("w", flag="yes")
+
+
+def test_an_unresolvable_annotation_skips_only_that_parameter():
+    """A forward reference the module cannot resolve leaves the other parameters checked."""
+    reg = Registry("widget")
+
+    @reg.register("w")
+    def w(model: "NotDefinedAnywhere" = None, depth: int = 1):  # noqa: F821
+        return depth
+
+    assert reg.build("w", model=object(), depth=2) == 2
+    with pytest.raises(ConfigError, match="depth='2' must be of type int"):
+        reg.build("w", depth="2")
+
+
+def test_a_broken_annotation_is_raised_not_silenced():
+    """Only unresolved names are tolerated: an annotation that is not a type is a bug."""
+    reg = Registry("widget")
+
+    @reg.register("w")
+    def w(depth: "int[3]" = 1):
+        return depth
+
+    with pytest.raises(TypeError, match="not subscriptable"):
+        reg.build("w", depth=1)
