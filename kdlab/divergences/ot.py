@@ -28,17 +28,20 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Dict, Set, Tuple
+from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 import torch
 from torch import Tensor
 
+from kdlab.divergences import keops_probe
 from kdlab.divergences.base import check_choice, check_range
-from kdlab.errors import ConfigError
+from kdlab.divergences.costs import cost_matrix
+from kdlab.errors import ConfigError, ResourceError
 
 COSTS = ("l1", "euclidean", "sqeuclidean")
-BACKENDS = ("auto", "dense", "tensorized", "online", "multiscale")
+BACKENDS = ("auto", "dense", "online_torch", "tensorized", "online", "multiscale")
 GEOMLOSS_BACKENDS = ("tensorized", "online", "multiscale")
+KEOPS_BACKENDS = ("online", "multiscale")
 PLAIN_KERNEL_MAX = 30.0  # max C / eps for which exp(-C / eps) is used directly
 
 
@@ -62,23 +65,13 @@ class SoundOptions:
         self.scaling = check_range("scaling", self.scaling, 0.0, 1.0, low_open=True, high_open=True)
         self.auto_dense_max = int(check_range("auto_dense_max", self.auto_dense_max, 1))
         self.debias = bool(self.debias)
-        if self.gradient == "unrolled" and self.backend in GEOMLOSS_BACKENDS:
+        if self.gradient == "unrolled" and self.backend not in ("dense", "auto"):
             raise ConfigError(
                 f"gradient='unrolled' needs backend 'dense' or 'auto', got backend={self.backend!r} "
-                "(GeomLoss differentiates through the converged potentials only)"
+                "(the other backends differentiate through the converged potentials only)"
             )
         if self.backend == "multiscale" and self.cost == "l1":
             raise ConfigError("backend='multiscale' supports cost 'euclidean' or 'sqeuclidean', not 'l1'")
-
-
-def cost_matrix(x: Tensor, y: Tensor, cost: str) -> Tensor:
-    """``[N, D] x [M, D] -> [N, M]`` pairwise costs."""
-    if cost == "l1":
-        return torch.cdist(x.unsqueeze(0), y.unsqueeze(0), p=1).squeeze(0)
-    if cost == "euclidean":
-        return torch.cdist(x.unsqueeze(0), y.unsqueeze(0), p=2).squeeze(0)
-    d2 = (x * x).sum(-1)[:, None] + (y * y).sum(-1)[None, :] - 2 * x @ y.T
-    return d2.clamp_min(0) / 2
 
 
 def softmin(eps: float, C: Tensor, h: Tensor, dim: int) -> Tensor:
@@ -126,22 +119,31 @@ def _solve_kernel(K: Tensor, eps: float, max_iter: int, tol: float, symmetric: b
     return (f, f, iters, change) if symmetric else (f, eps * torch.log(v / b), iters, change)
 
 
+
 def _solve_lse(C: Tensor, eps: float, max_iter: int, tol: float, symmetric: bool) -> Tuple[Tensor, Tensor, int, float]:
     """Updates in the log domain, ``f_i = -eps logsumexp_j(log b_j + (g_j - C_ij) / eps)``."""
-    N, M = C.shape
-    log_a, log_b = -math.log(N), -math.log(M)
-    f = C.new_zeros(N)
-    g = C.new_zeros(M)
+    return solve_log_domain(lambda h: softmin(eps, C, h, dim=1), lambda h: softmin(eps, C, h, dim=0),
+                            C.new_zeros(C.shape[0]), C.new_zeros(C.shape[1]), eps, max_iter, tol, symmetric)
+
+
+def solve_log_domain(rows: Callable[[Tensor], Tensor], cols: Callable[[Tensor], Tensor], f: Tensor, g: Tensor,
+                     eps: float, max_iter: int, tol: float, symmetric: bool) -> Tuple[Tensor, Tensor, int, float]:
+    """The log-domain Sinkhorn loop, from potentials ``f = 0 [N]``, ``g = 0 [M]``.
+
+    ``rows(h) = -eps logsumexp_j(h_j - C_ij / eps)`` ``[N]`` and ``cols`` the same over i
+    ``[M]``: a dense matrix or row blocks (``ot_online``) serve the same loop.
+    """
+    log_a, log_b = -math.log(f.shape[0]), -math.log(g.shape[0])
     change, iters = math.inf, 0
     while iters < max_iter:
         iters += 1
         if symmetric:
-            f_new = 0.5 * (f + softmin(eps, C, f / eps + log_a, dim=1))
+            f_new = 0.5 * (f + rows(f / eps + log_a))
             change = float((f_new - f).detach().abs().max())
             f = g = f_new
         else:
-            f = softmin(eps, C, g / eps + log_b, dim=1)
-            g_new = softmin(eps, C, f / eps + log_a, dim=0)
+            f = rows(g / eps + log_b)
+            g_new = cols(f / eps + log_a)
             change = float((g_new - g).detach().abs().max())
             g = g_new
         if change < tol:
@@ -149,52 +151,57 @@ def _solve_lse(C: Tensor, eps: float, max_iter: int, tol: float, symmetric: bool
     return f, g, iters, change
 
 
-def _dense(x: Tensor, y: Tensor, eps: float, opt: SoundOptions) -> Tuple[Tensor, Dict[str, Any]]:
+class DensePair:
+    """Sinkhorn between uniform clouds ``u [N, D]`` and ``v [M, D]`` on the full cost matrix."""
+
+    def __init__(self, u: Tensor, v: Tensor, eps: float, cost: str) -> None:
+        self.C = cost_matrix(u, v, cost)  # [N, M], differentiable in u (and v if it requires grad)
+        self.eps = eps
+        self.log_a, self.log_b = -math.log(u.shape[0]), -math.log(v.shape[0])
+
+    def solve(self, max_iter: int, tol: float, symmetric: bool) -> Tuple[Tensor, Tensor, int, float]:
+        """Potentials; differentiable through every iteration when autograd is on (unrolled)."""
+        C = self.C if torch.is_grad_enabled() else self.C.detach()
+        return solve(C, self.eps, max_iter, tol, symmetric)
+
+    def update(self, h: Tensor) -> Tensor:
+        """The last f-update with autograd on (envelope gradient ``dOT/dC = P``)."""
+        return softmin(self.eps, self.C, h.detach(), dim=1)
+
+    def stats(self, f: Tensor, g: Tensor) -> Dict[str, Any]:
+        C = self.C.detach()
+        P = ((f[:, None] + g[None, :] - C) / self.eps + self.log_a + self.log_b).exp()
+        return {"transport_cost": float((P * C).sum()),
+                "marginal_error": float((P.sum(1) - math.exp(self.log_a)).abs().sum())}
+
+
+def _divergence(x: Tensor, y: Tensor, eps: float, opt: SoundOptions, pair: Callable[..., Any]) -> Tuple[Tensor, Dict[str, Any]]:
+    """OT_eps(x, y), minus the debiasing terms, with ``pair`` = DensePair or OnlinePair."""
     y = y.detach()
-    N, M = x.shape[0], y.shape[0]
-    log_a, log_b = -math.log(N), -math.log(M)
-    unrolled = opt.gradient == "unrolled" and torch.is_grad_enabled()
-    C_xy = cost_matrix(x, y, opt.cost)  # [N, M]
+    log_a, log_b = -math.log(x.shape[0]), -math.log(y.shape[0])
+    unrolled = opt.gradient == "unrolled" and torch.is_grad_enabled()  # DensePair only
+    xy = pair(x, y, eps, opt.cost)
     with torch.set_grad_enabled(unrolled):
-        f, g, iters, change = solve(C_xy if unrolled else C_xy.detach(), eps, opt.max_iter, opt.tol, False)
-    if not unrolled:  # last update with autograd: envelope gradient dOT/dC = P
-        f = softmin(eps, C_xy, g.detach() / eps + log_b, dim=1)
+        f, g, iters, change = xy.solve(opt.max_iter, opt.tol, False)
+    if not unrolled:
+        f = xy.update(g / eps + log_b)
     value = f.mean() + g.mean()
     stats: Dict[str, Any] = {"iterations": iters, "converged": change < opt.tol}
     if opt.debias:
-        C_yy = cost_matrix(y, y, opt.cost)  # [M, M], teacher only: no gradient
         with torch.no_grad():
-            g_bb = solve(C_yy, eps, opt.max_iter, opt.tol, True)[0]
+            g_bb = pair(y, y, eps, opt.cost).solve(opt.max_iter, opt.tol, True)[0]
         if unrolled:
-            f_aa = solve(cost_matrix(x, x, opt.cost), eps, opt.max_iter, opt.tol, True)[0]
+            f_aa = pair(x, x, eps, opt.cost).solve(opt.max_iter, opt.tol, True)[0]
         else:
             # one-sided cost: the gradient of <a, f_aa> is half that of OT(a, a)
-            C_xx = cost_matrix(x, x.detach(), opt.cost)
+            xx = pair(x, x.detach(), eps, opt.cost)
             with torch.no_grad():
-                f_aa = solve(C_xx.detach(), eps, opt.max_iter, opt.tol, True)[0]
-            f_aa = softmin(eps, C_xx, f_aa.detach() / eps + log_a, dim=1)
+                f_aa = xx.solve(opt.max_iter, opt.tol, True)[0]
+            f_aa = xx.update(f_aa / eps + log_a)
         value = value - f_aa.mean() - g_bb.mean()
     with torch.no_grad():
-        log_P = (f.detach()[:, None] + g.detach()[None, :] - C_xy.detach()) / eps + log_a + log_b
-        P = log_P.exp()
-        stats["transport_cost"] = float((P * C_xy.detach()).sum())
-        stats["marginal_error"] = float((P.sum(1) - 1.0 / N).abs().sum())
+        stats.update(xy.stats(f.detach(), g.detach()))
     return value, stats
-
-
-_FAILED_BACKENDS: Set[str] = set()  # KeOps backends that failed once: not retried
-_WARNED: Set[str] = set()
-
-
-def _fall_back(backend: str, reason: str, remember: bool) -> str:
-    """Warn once per backend and return "dense"; ``remember``: never try it again."""
-    if backend not in _WARNED:
-        warnings.warn(f"Sinkhorn backend {backend!r} unavailable ({reason}); using the dense backend",
-                      RuntimeWarning, stacklevel=4)
-        _WARNED.add(backend)
-    if remember:
-        _FAILED_BACKENDS.add(backend)
-    return "dense"
 
 
 def _geomloss(x: Tensor, y: Tensor, eps: float, opt: SoundOptions, backend: str) -> Tensor:
@@ -212,28 +219,68 @@ def _geomloss(x: Tensor, y: Tensor, eps: float, opt: SoundOptions, backend: str)
     return loss(x.contiguous(), y.detach().contiguous())
 
 
+_WARNED: Set[str] = set()
+
+
+def keops_unusable(device: torch.device) -> Optional[str]:
+    """Why KeOps cannot serve on ``device`` (None: it passed its probe)."""
+    missing = keops_probe.missing_packages()
+    if missing:
+        return f"{' and '.join(missing)} not installed"
+    verdict = keops_probe.keops_verdict(device)
+    if verdict.ok:
+        return None
+    where = f"; verdict cached in {verdict.path}, delete it to probe again" if verdict.path else ""
+    return f"KeOps failed its probe on {device} ({verdict.reason}{where})"
+
+
+def choose_backend(opt: SoundOptions, N: int, M: int, D: int, device: torch.device) -> str:
+    """The backend that will run. Only "auto" falls back; an explicit backend that cannot run raises."""
+    backend = opt.backend
+    if backend == "auto":
+        if N * M <= opt.auto_dense_max or opt.gradient == "unrolled":
+            return "dense"
+        why = keops_unusable(device)
+        if why is None:
+            return "online"
+        if why not in _WARNED:
+            _WARNED.add(why)
+            warnings.warn(f"Sinkhorn backend 'auto': N x M = {N} x {M} is over auto_dense_max and {why}; "
+                          "using the memory-bounded PyTorch backend 'online_torch'", RuntimeWarning, stacklevel=4)
+        return "online_torch"
+    if backend == "multiscale" and D > 3:
+        # GeomLoss clusters the points on a grid, which KeOps implements for D <= 3 only
+        raise ConfigError(f"Sinkhorn backend='multiscale' needs points in at most 3 dimensions, got {D}; "
+                          "use backend=auto (or online_torch)")
+    if backend in GEOMLOSS_BACKENDS:
+        needed = ("geomloss",) if backend == "tensorized" else ("pykeops", "geomloss")
+        missing = [m for m in keops_probe.missing_packages() if m in needed]
+        if missing:
+            raise ConfigError(f"Sinkhorn backend={backend!r} needs {' and '.join(missing)} "
+                              f"(pip install {' '.join(missing)}), or use backend=auto")
+    if backend in KEOPS_BACKENDS:
+        why = keops_unusable(device)
+        if why is not None:
+            raise ResourceError(f"Sinkhorn backend={backend!r} cannot run: {why}; "
+                                "use backend=auto or online_torch (memory-bounded PyTorch, no KeOps)")
+    return backend
+
+
 def sound_sinkhorn(x: Tensor, y: Tensor, eps: float, opt: SoundOptions) -> Tuple[Tensor, Dict[str, Any]]:
     """Sinkhorn divergence between student points ``x [N, D]`` and teacher points ``y [M, D]``.
 
     Returns the value and a dict of diagnostics (backend, iterations, transport cost...).
     """
     N, M = x.shape[0], y.shape[0]
-    backend = opt.backend
-    if backend == "auto":
-        backend = "dense" if (N * M <= opt.auto_dense_max or opt.gradient == "unrolled") else "online"
-    if backend == "multiscale" and x.shape[1] > 3:
-        # GeomLoss clusters the points on a grid, which KeOps implements for D <= 3 only
-        backend = _fall_back("multiscale", f"it needs points in at most 3 dimensions, got {x.shape[1]}", False)
-    if backend in _FAILED_BACKENDS:
-        backend = "dense"
+    backend = choose_backend(opt, N, M, x.shape[1], x.device)
     if backend in GEOMLOSS_BACKENDS:
-        try:
-            value = _geomloss(x, y, eps, opt, backend)
-            return value, {"backend": backend, "points": N, "value": float(value.detach())}
-        except Exception as err:  # KeOps missing or failing to compile: never crash
-            if backend == "tensorized":
-                raise
-            backend = _fall_back(backend, f"{type(err).__name__}: {err}", True)
-    value, stats = _dense(x, y, eps, opt)
-    stats.update(backend="dense", points=N, value=float(value.detach()))
+        value = _geomloss(x, y, eps, opt, backend)
+        return value, {"backend": backend, "points": N, "value": float(value.detach())}
+    if backend == "online_torch":
+        from kdlab.divergences.ot_online import OnlinePair
+
+        value, stats = _divergence(x, y, eps, opt, OnlinePair)
+    else:
+        value, stats = _divergence(x, y, eps, opt, DensePair)
+    stats.update(backend=backend, points=N, value=float(value.detach()))
     return value, stats

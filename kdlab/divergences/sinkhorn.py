@@ -24,6 +24,7 @@ sound: see ``kdlab.divergences.ot`` (log-domain, potentials, debiasing, backends
 
 from __future__ import annotations
 
+import os
 from typing import Any, Dict, Optional
 
 import torch
@@ -38,10 +39,32 @@ from kdlab.divergences.base import (
     flatten_inputs,
     no_autocast,
 )
-from kdlab.errors import ConfigError
+from kdlab.divergences.costs import CHUNK_ELEMENTS, lp_distance
+from kdlab.errors import ConfigError, ResourceError
 
 MODES = ("faithful", "sound")
-FAITHFUL_ONLY = ("p", "n_iters", "reduction")
+FAITHFUL_ONLY = ("p", "n_iters", "reduction", "memory_limit_gb")
+# [N, M] tensors alive at the peak of faithful forward + backward: two per unrolled
+# iteration (row- and column-normalised plan, saved for backward), W, exp(-W / eps), P * W
+# and a few gradient buffers
+FAITHFUL_MATRICES_FIXED = 16
+
+
+def faithful_memory_bytes(N: int, M: int, C: int, n_iters: int, itemsize: int = 4) -> int:
+    """Estimated peak memory of faithful forward + backward between ``[N, C]`` and ``[M, C]``.
+
+    ``(2 n_iters + 16)`` N x M matrices (the unrolled iterations are all kept for backward)
+    plus the inputs, their gradients and four chunks of the L_p backward.
+    """
+    chunk = min(CHUNK_ELEMENTS, max(1, N * M * C))
+    return itemsize * ((2 * n_iters + FAITHFUL_MATRICES_FIXED) * N * M + 2 * (N + M) * C + 4 * chunk)
+
+
+def device_memory_bytes(device: torch.device) -> int:
+    """Total memory of ``device``: the GPU's, or the machine's physical RAM for the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 SOUND_ONLY = ("cost", "debias", "max_iter", "tol", "gradient", "backend", "scaling", "auto_dense_max")
 
 
@@ -52,7 +75,7 @@ def faithful_sinkhorn(
 
     Returns ``(plan [N, M], cost [N, M])``; gradients flow through every iteration.
     """
-    W = torch.cdist(x.unsqueeze(0), y.unsqueeze(0), p=p).squeeze(0)  # [N, M]
+    W = lp_distance(x, y, p)  # [N, M], chunked backward (no [N, M, C] tensor)
     P = torch.exp(-W / epsilon)
     for _ in range(n_iters):
         P = P / P.sum(dim=1, keepdim=True)
@@ -81,6 +104,9 @@ class Sinkhorn(torch.nn.Module):
         p: exponent of the L_p cost ``||p_s[i] - p_t[j]||_p`` (default/published 1).
         n_iters: row-then-column normalisations (default/published 20).
         reduction: "sum" over the N x N plan (default/published) or "mean" (sum / N).
+        memory_limit_gb: refuse (ResourceError) a problem whose estimated peak memory
+            (``faithful_memory_bytes``) is over this many GB; default: the device's total
+            memory (GPU memory, or RAM for the CPU).
 
     sound only (``kdlab.divergences.ot.SoundOptions`` has the defaults):
         cost: "l1" (sum |x - y|, SinKD's geometry), "euclidean" (|x - y|) or
@@ -91,9 +117,10 @@ class Sinkhorn(torch.nn.Module):
             after at most ``max_iter`` iterations.
         gradient: "envelope" (differentiate through the converged potentials; cheap,
             exact at convergence) or "unrolled" (through every iteration).
-        backend: "auto", "dense", "tensorized", "online" (KeOps) or "multiscale".
         scaling: GeomLoss epsilon-scaling ratio in (0, 1) for the GeomLoss backends;
             closer to 1 = more iterations, gradients closer to the converged ones.
+        backend: "auto", "dense", "online_torch" (row blocks, no N x M matrix), "tensorized",
+            "online" (KeOps) or "multiscale"; only "auto" ever falls back (see ``ot``).
         auto_dense_max: "auto" uses the dense path while N * M is at most this.
 
     ``last_stats`` holds diagnostics of the latest call (iterations, transport cost,
@@ -118,6 +145,7 @@ class Sinkhorn(torch.nn.Module):
         backend: Optional[str] = None,
         scaling: Optional[float] = None,
         auto_dense_max: Optional[int] = None,
+        memory_limit_gb: Optional[float] = None,
         check_inputs: bool = False,
     ) -> None:
         super().__init__()
@@ -141,6 +169,8 @@ class Sinkhorn(torch.nn.Module):
             self.p = check_range("p", 1.0 if p is None else p, 1.0)
             self.n_iters = int(check_range("n_iters", 20 if n_iters is None else n_iters, 0))
             self.reduction = check_choice("reduction", reduction or "sum", ("sum", "mean"))
+            self.memory_limit_gb = (None if memory_limit_gb is None
+                                    else check_range("memory_limit_gb", memory_limit_gb, 0.0, low_open=True))
         else:
             from kdlab.divergences.ot import SoundOptions
 
@@ -176,7 +206,19 @@ class Sinkhorn(torch.nn.Module):
         out, self.last_stats = sound_sinkhorn(x, y, self.epsilon, self.sound)
         return self.scale * out
 
+    def _check_faithful_memory(self, x: Tensor, y: Tensor) -> None:
+        need = faithful_memory_bytes(x.shape[0], y.shape[0], x.shape[1], self.n_iters, x.element_size())
+        limit = (device_memory_bytes(x.device) if self.memory_limit_gb is None
+                 else int(self.memory_limit_gb * 2**30))
+        if need > limit:
+            raise ResourceError(
+                f"sinkhorn mode=faithful between {x.shape[0]} and {y.shape[0]} points of {x.shape[1]} coordinates "
+                f"needs about {need / 2**30:.1f} GB ({self.n_iters} unrolled iterations over {x.shape[0]} x "
+                f"{y.shape[0]} matrices), over the {limit / 2**30:.1f} GB limit (memory_limit_gb); use fewer "
+                "points per batch, fewer n_iters, or mode=sound (memory-bounded backends)")
+
     def _faithful(self, x: Tensor, y: Tensor) -> Tensor:
+        self._check_faithful_memory(x, y)
         P, W = faithful_sinkhorn(x, y, self.p, self.epsilon, self.n_iters)
         total = (P * W).sum()
         if self.reduction == "mean":

@@ -166,39 +166,6 @@ def test_scale_t2_and_mutable_temperature() -> None:
     torch.testing.assert_close(div(z_s, z_t), base)
 
 
-def test_keops_failure_falls_back_to_dense_with_one_warning(monkeypatch) -> None:
-    def broken(*args, **kwargs):
-        raise RuntimeError("g++ not found")
-
-    monkeypatch.setattr(kot, "_geomloss", broken)
-    monkeypatch.setattr(kot, "_FAILED_BACKENDS", set())
-    monkeypatch.setattr(kot, "_WARNED", set())
-    z_s, z_t = logits(16, 3, seed=18), logits(16, 3, seed=19)
-    div = get("sinkhorn", backend="online")
-    with pytest.warns(RuntimeWarning, match="online"):
-        out = div(z_s, z_t)
-    assert div.last_stats["backend"] == "dense"
-    torch.testing.assert_close(out, get("sinkhorn", backend="dense")(z_s, z_t))
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        div(z_s, z_t)  # no second warning
-
-
-def test_auto_picks_dense_small_online_large(monkeypatch) -> None:
-    used = []
-    monkeypatch.setattr(kot, "_geomloss", lambda x, y, eps, opt, backend: used.append(backend) or x.sum() * 0)
-    monkeypatch.setattr(kot, "_FAILED_BACKENDS", set())
-    z = logits(10, 3)
-    small = get("sinkhorn", backend="auto")
-    small(z, z)
-    assert small.last_stats["backend"] == "dense" and not used
-    large = get("sinkhorn", backend="auto", auto_dense_max=50)
-    large(z, z)
-    assert used == ["online"]
-
-
 @pytest.mark.parametrize(
     "params,key",
     [
