@@ -25,6 +25,7 @@ class EncodedDataset(torch.utils.data.Dataset):
         ]
         dtype = torch.float32 if regression else torch.long
         self.labels = torch.tensor([ex.label for ex in examples], dtype=dtype)
+        self.examples = list(examples)  # scored by kdlab.data.score (MultiRC groups, AX-g pairs)
         self.tokenizer = tokenizer
 
     def __len__(self) -> int:
@@ -48,7 +49,7 @@ class PairedDataset(torch.utils.data.Dataset):
 
     Batches are the student's, plus the teacher's tensors under ``teacher.<key>``
     (``teacher_batch`` takes them back out): each model reads its own tokenisation of the
-    same examples, in the same order. ``labels`` and ``groups`` are the student's.
+    same examples, in the same order. ``labels`` and ``examples`` are the student's.
     """
 
     def __init__(self, student: Any, teacher: Any) -> None:
@@ -56,7 +57,7 @@ class PairedDataset(torch.utils.data.Dataset):
             raise ValueError(f"paired datasets differ in length: student {len(student)}, teacher {len(teacher)}")
         self.student, self.teacher = student, teacher
         self.labels = student.labels
-        self.groups = getattr(student, "groups", None)
+        self.examples = student.examples
 
     def __len__(self) -> int:
         return len(self.student)

@@ -27,7 +27,7 @@ from transformers import set_seed
 from kdlab import checkpoint, distributed, teacher_cache, teacher_outputs
 from kdlab.batching import PairedDataset, loader
 from kdlab.config import Config
-from kdlab.data import compute_metrics, get_task, load_split
+from kdlab.data import get_task, load_split, score
 from kdlab.errors import ConfigError
 from kdlab.families import get_family
 from kdlab.metadata import config_for_resume, run_metadata
@@ -85,7 +85,7 @@ class Experiment:
         for i, (split, ds) in enumerate(evals.items()):
             preds = self.family.predictions(model, loader(ds, self.cfg.trainer.eval_batch_size),
                                             self.device, self.precision)
-            metrics = compute_metrics(self.task.name, preds, np.asarray(ds.labels), groups=getattr(ds, "groups", None))
+            metrics = score(self.task.name, preds, ds.examples)  # groups, ReCoRD answers: every family
             out.update({(k if i == 0 else f"{split}/{k}"): float(v) for k, v in metrics.items()})
         return out
 
@@ -213,10 +213,11 @@ def summarise(result: LoopResult, select: str) -> Dict[str, Any]:
             "best_step": result.best_step}
 
 
-def majority_metrics(task_name: str, train_labels: np.ndarray, eval_labels: np.ndarray) -> Dict[str, float]:
+def majority_metrics(task_name: str, train_labels: np.ndarray, eval_examples: List[Any]) -> Dict[str, float]:
+    """The metrics of always predicting the most frequent training label."""
     values, counts = np.unique(train_labels, return_counts=True)
-    preds = np.full_like(eval_labels, values[counts.argmax()])
-    return {k: float(v) for k, v in compute_metrics(task_name, preds, eval_labels).items()}
+    preds = np.full(len(eval_examples), values[counts.argmax()])
+    return {k: float(v) for k, v in score(task_name, preds, eval_examples).items()}
 
 
 def resume_dir(cfg: Config) -> Optional[Path]:
@@ -284,10 +285,10 @@ def run(cfg: Config) -> Dict[str, Any]:
         results: Dict[str, Any] = {"task": task.name, "metric": task.metric}
         results["teacher"] = {"name": cfg.teacher.name, "params": count_params(teacher.model),
                               "dev": exp.evaluate(teacher.model, evals)}
-        if not task.is_regression:
+        if task.label_names:  # a fixed label set (not STS-B's scores, nor ReCoRD's entities)
             first = next(iter(evals.values()))
             results["majority"] = {"dev": majority_metrics(task.name, np.asarray(train_ds.labels),
-                                                           np.asarray(first.labels))}
+                                                           first.examples)}
         if cfg.trainer.baseline_student:
             base, base_result = exp.fit_student(teacher, s_train, s_evals, "student_baseline",
                                                 resume_dir=resume_from, meta=ckpt_meta)

@@ -10,7 +10,7 @@ from kdlab.config import Config
 from kdlab.config_keys import check_known_keys
 from kdlab.data import get_task
 from kdlab.errors import ConfigError
-from kdlab.families import FAMILIES
+from kdlab.families import FAMILIES, get_family
 from kdlab.models import STUDENTS, TEACHERS, Loaded
 from kdlab.precision import PRECISIONS
 from kdlab.trainer import EVAL_STRATEGIES, ON_NAN, SELECT
@@ -34,10 +34,11 @@ def validate(cfg: Config) -> None:
     import torch
 
     check_known_keys(cfg)  # first: a key added with + that nothing reads
-    get_task(cfg.dataset.name)
+    task = get_task(cfg.dataset.name)
     TEACHERS.get(cfg.teacher.name)
     STUDENTS.get(cfg.student.name)
     FAMILIES.get(cfg.teacher.family)
+    get_family(cfg.teacher.family).check_task(task)  # e.g. COPA needs a generative family
     _choice("hardware.device", cfg.hardware.device, DEVICES)
     _choice("hardware.precision", cfg.hardware.precision, PRECISIONS)
     if cfg.hardware.device == "cuda" and not torch.cuda.is_available():

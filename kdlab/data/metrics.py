@@ -46,6 +46,10 @@ from kdlab.errors import DataError
 # ---------------------------------------------------------------- classification
 
 
+def _constant(x: np.ndarray) -> bool:
+    return bool(np.all(x == x[0]))
+
+
 def accuracy(pred: np.ndarray, ref: np.ndarray) -> float:
     return float(skm.accuracy_score(ref, pred))
 
@@ -62,14 +66,12 @@ def macro_f1(pred: np.ndarray, ref: np.ndarray) -> float:
 
 def matthews_correlation(pred: np.ndarray, ref: np.ndarray) -> float:
     """MCC; for K classes Gorodkin's R_K. 0 when either side is constant."""
+    if _constant(pred) and _constant(ref):
+        return 0.0  # scikit-learn's value too, without its warning about a single label
     return float(skm.matthews_corrcoef(ref, pred))
 
 
 # ---------------------------------------------------------------- regression
-
-
-def _constant(x: np.ndarray) -> bool:
-    return bool(np.all(x == x[0]))
 
 
 def pearson(pred: np.ndarray, ref: np.ndarray) -> float:

@@ -136,7 +136,8 @@ def template(task: str, family: str, override: Optional[Mapping[str, Any]] = Non
         raise ConfigError(f"unknown model family {family!r}; valid families: {', '.join(FAMILIES)}")
     default = DEFAULTS[spec.name].get(family)
     if default is None and not override:
-        raise ConfigError(f"{task} has no {family} template: rank classification needs classes, not a score")
+        raise ConfigError(f"dataset={task} has no {family} template (rank classification needs classes, "
+                          "not a score); use teacher.family=encoder or seq2seq")
     base = default or Template(input="")
     if override:
         unknown = set(override) - {"input", "targets", "choice"}

@@ -81,12 +81,20 @@ class Family(ABC):
     def from_config(self, config: Any) -> torch.nn.Module:
         """A randomly initialised model of this family from a transformers config."""
 
+    def check_task(self, task: Any) -> None:
+        """Raise ``ConfigError`` if this family cannot train on and score ``task`` (a
+        ``TaskSpec``); called on the config before any model is loaded."""
+        return None
+
     @abstractmethod
     def dataset(self, tokenizer: Any, examples: Sequence[Any], task: Any, dataset_cfg: Any,
                 cache_dir: Optional[str] = None) -> torch.utils.data.Dataset:
         """Tokenised examples (``dataset_cfg`` is the ``dataset`` config node: max_length,
-        truncation, ...). Items carry their ``index``; the dataset has a ``collate`` method
-        and a ``labels`` array (gold labels in the form ``compute_metrics`` expects)."""
+        truncation, ...). Items carry their ``index``; the dataset has a ``collate`` method,
+        a ``labels`` tensor (the training targets) and ``examples``, the ``Example`` list
+        it was built from: evaluation scores with ``kdlab.data.score(task, predictions,
+        dataset.examples)``, which reads gold labels, MultiRC / AX-g groups and ReCoRD
+        answers from them, the same way in every family."""
 
     @abstractmethod
     def forward(self, model: torch.nn.Module, batch: Batch) -> Outputs:
@@ -99,4 +107,5 @@ class Family(ABC):
     @abstractmethod
     def predictions(self, model: torch.nn.Module, loader: Any, device: torch.device,
                     precision: str) -> np.ndarray:
-        """Predictions in the form ``kdlab.data.compute_metrics`` expects."""
+        """One prediction per example, in the form ``kdlab.data.score`` takes: a class id,
+        a choice index (COPA, ReCoRD) or a score (regression)."""

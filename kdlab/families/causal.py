@@ -63,8 +63,7 @@ class CausalDataset(torch.utils.data.Dataset):
             self.prompts.append(([bos] if bos is not None else []) + tk.ids(tokenizer, [prompt])[0][-room:])
             self.choices.append(choice_ids)
         self.labels = torch.tensor([ex.label for ex in examples], dtype=torch.long)
-        groups = [ex.group for ex in examples]
-        self.groups = None if None in groups else groups
+        self.examples = list(examples)  # scored by kdlab.data.score (groups, ReCoRD answers)
         self.pad = tk.pad_id(tokenizer)
         self.tokenizer, self.task, self.scoring = tokenizer, task, dataset_cfg.rank_scoring
 

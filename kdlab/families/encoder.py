@@ -31,13 +31,16 @@ class EncoderFamily(Family):
     def from_config(self, config: Any) -> torch.nn.Module:
         return AutoModelForSequenceClassification.from_config(config)
 
-    def dataset(self, tokenizer: Any, examples: Sequence[Any], task: Any, dataset_cfg: Any,
-                cache_dir: Optional[str] = None) -> EncodedDataset:
+    def check_task(self, task: Any) -> None:
         if task.kind not in ("classification", "regression"):
             raise ConfigError(
                 f"dataset={task.name} is a {task.kind} task; an encoder classifier cannot score it. "
                 "Use teacher.family=seq2seq or causal (rank classification)"
             )
+
+    def dataset(self, tokenizer: Any, examples: Sequence[Any], task: Any, dataset_cfg: Any,
+                cache_dir: Optional[str] = None) -> EncodedDataset:
+        self.check_task(task)
         return EncodedDataset(tokenizer, examples, dataset_cfg.max_length, task.is_regression, cache_dir,
                               truncation=dataset_cfg.truncation)
 

@@ -42,8 +42,7 @@ class Seq2SeqDataset(torch.utils.data.Dataset):
                         for ex in examples]
         self.labels = torch.tensor([ex.label for ex in examples],
                                    dtype=torch.float32 if task.is_regression else torch.long)
-        groups = [ex.group for ex in examples]
-        self.groups = None if None in groups else groups
+        self.examples = list(examples)  # scored by kdlab.data.score (groups, ReCoRD answers)
         self.pad = tk.pad_id(tokenizer)
         self.tokenizer, self.task, self.scoring = tokenizer, task, dataset_cfg.rank_scoring
 

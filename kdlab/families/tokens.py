@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from kdlab.data import prompts
 from kdlab.errors import ConfigError
 from kdlab.families.base import Family
 from kdlab.models.hf import load_lm
@@ -84,23 +85,15 @@ def model_kwargs(family: Family, model: torch.nn.Module) -> Dict[str, Any]:
     return {"use_cache": False, **family.feature_kwargs(model)}
 
 
-def check_not_record(task: Any, family: str) -> None:
-    if task.name == "superglue/record":
-        raise ConfigError(f"dataset={task.name} is scored on answer strings; teacher.family={family} "
-                          "does not support it yet (it ranks label ids)")
-
-
 def rank(logprobs: torch.Tensor, lengths: torch.Tensor, owner: torch.Tensor, n: int, scoring: str) -> List[int]:
     """Rank classification of ``n`` examples from the scores of their flattened choices:
     ``owner[j]`` is the example of choice row j; ``scoring`` "sum" or "mean" (per token)."""
-    from kdlab.data.prompts import rank_classification
-
     lp: List[List[float]] = [[] for _ in range(n)]
     ln: List[List[int]] = [[] for _ in range(n)]
     for j, i in enumerate(owner.tolist()):
         lp[i].append(float(logprobs[j]))
         ln[i].append(max(int(lengths[j]), 1))
-    return rank_classification(lp, ln, normalise=scoring == "mean").tolist()
+    return prompts.rank_classification(lp, ln, normalise=scoring == "mean").tolist()
 
 
 def flatten_choices(rows: Sequence[Dict[str, Any]]) -> Tuple[List[Any], torch.Tensor]:
@@ -136,9 +129,14 @@ class TokenFamily(Family):
     def from_config(self, config: Any) -> torch.nn.Module:
         return self.auto_class.from_config(config)
 
+    def check_task(self, task: Any) -> None:
+        """A task needs a prompt template of this family (the causal family has none for
+        STS-B's scores: rank classification needs classes)."""
+        prompts.template(task.name, self.name)
+
     def dataset(self, tokenizer: Any, examples: Sequence[Any], task: Any, dataset_cfg: Any,
                 cache_dir: Optional[str] = None) -> Any:
-        check_not_record(task, self.name)
+        self.check_task(task)
         self.vocab = len(tokenizer)
         return self.dataset_class(tokenizer, examples, task, dataset_cfg)
 

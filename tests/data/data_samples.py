@@ -355,3 +355,11 @@ EXPECTED = {
     "superglue/axb": {"test": [1, 0]},
     "superglue/axg": {"test": [0, 0]},
 }
+
+
+def write_samples(root, task):
+    """Write ``SAMPLES[task]`` under ``root`` (a ``pathlib.Path``); return ``root``."""
+    for rel, text in SAMPLES[task].items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text, encoding="utf-8")
+    return root

@@ -73,6 +73,7 @@ def test_degenerate_cases_have_defined_values():
         warnings.simplefilter("error")  # no NaN, no library warning
         assert compute_metrics("glue/cola", const, REF2[:10])["matthews_correlation"] == 0.0
         assert compute_metrics("glue/cola", REF2[:10], const)["matthews_correlation"] == 0.0
+        assert compute_metrics("glue/cola", const, const)["matthews_correlation"] == 0.0  # one class
         assert compute_metrics("glue/mrpc", const, const)["f1"] == 0.0  # nothing to find, nothing found
         # a collapsed regressor (constant predictions), constant references, one example
         for pred, ref in (([2.0] * 4, [0.0, 1.0, 2.0, 3.0]), ([0.0, 1.0, 2.0], [3.0] * 3), ([1.0], [2.0])):
