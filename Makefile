@@ -50,7 +50,8 @@ CPU_SEEDS   ?= 0,1
 CPU_METHODS ?= $(METHODS)
 CPU_TASKS   ?= sst2,mrpc
 REFERENCE   ?=
-TABLE_ARGS  = $(if $(REFERENCE),--reference $(REFERENCE))
+BASELINE    ?=
+TABLE_ARGS  = $(if $(REFERENCE),--reference $(REFERENCE)) $(if $(BASELINE),--baseline $(BASELINE))
 
 .PHONY: table-glue-cpu table-glue table-superglue-seq2seq table-superglue-causal
 

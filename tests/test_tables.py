@@ -1,5 +1,6 @@
-"""kdlab-table on synthetic sweeps: means and stds over seeds, both protocols, the average,
-gaps for failed and missing runs, reference differences, and every output format."""
+"""kdlab-table on synthetic sweeps: rows from what the sweep varies, means and stds over seeds,
+both protocols, the average, gaps for failed and missing runs, reference differences, paired
+differences from a baseline row with their t interval, and every output format."""
 
 from __future__ import annotations
 
@@ -11,19 +12,24 @@ from pathlib import Path
 import pytest
 
 from kdlab import tables
+from kdlab.stats import paired_difference
 from kdlab.tables import AVERAGE, build_table, find_runs
+from tests.conftest import run_cli
 
-METRICS = {"glue/sst2": "accuracy", "glue/cola": "mcc"}
+METRICS = {"glue/sst2": "accuracy", "glue/cola": "mcc", "glue/mrpc": "f1"}
 
 
 def write_run(root: Path, num: int, method: str, task: str, seed: int, best: float | None = None,
-              last: float | None = None, dev: float | None = None) -> Path:
-    """A Hydra job directory; with scores, a results.json as the runner writes it."""
+              last: float | None = None, dev: float | None = None, overrides: list[str] | None = None) -> Path:
+    """A Hydra job directory; with scores, a results.json as the runner writes it; with
+    overrides, the .hydra/overrides.yaml Hydra writes (without, rows fall back to the name)."""
     job = root / str(num)
     (job / ".hydra").mkdir(parents=True)
     cfg = {"experiment_name": method, "dataset": {"name": task}, "seed": seed,
            "divergence": {"name": f"div_{method}"}}
     (job / ".hydra" / "config.yaml").write_text(json.dumps(cfg))  # JSON is YAML
+    if overrides is not None:
+        (job / ".hydra" / "overrides.yaml").write_text(json.dumps(overrides))
     if best is None and dev is None:
         return job  # a failed or unfinished run
     metric = METRICS[task]
@@ -85,7 +91,7 @@ def test_cells_are_means_and_stds_over_seeds(sweep):
 
 def test_gaps_are_counted_and_listed(sweep):
     table = build_table(find_runs(sweep))
-    assert [(r.method, r.task, r.seed) for r in table.failed] == [("kd", "glue/cola", 2)]
+    assert [(r.row, r.task, r.seed) for r in table.failed] == [("kd", "glue/cola", 2)]
     assert table.missing() == [("sinkd", "glue/cola", 2)]
     kd_cola = table.cells["kd", "glue/cola", "best"]
     assert kd_cola.failed == 1 and kd_cola.text().endswith("(2/3)")
@@ -118,7 +124,7 @@ def test_reference_differences(sweep, tmp_path):
     ref = tmp_path / "ref.csv"
     ref.write_text("method,task,value\nkd,SST-2,50.0\nkd,glue/cola,60.0\nsinkd,SST-2,70.0\n")
     runs = find_runs(sweep)
-    table = build_table(runs, tables._match_reference(tables.read_reference(ref), runs))
+    table = build_table(runs, tables.match_reference(tables.read_reference(ref), runs))
     assert table.cells["kd", "glue/sst2", "best"].diff == pytest.approx(51.0 - 50.0)
     assert table.cells["kd", "glue/sst2", "last"].diff == pytest.approx(49.0 - 50.0)
     assert table.cells["kd", AVERAGE, "best"].reference == pytest.approx(55.0)
@@ -172,3 +178,171 @@ def test_jobs_that_never_started_are_counted_from_multirun_yaml(tmp_path, capsys
     md = (tmp_path / "out" / "table.md").read_text()
     assert "6 jobs planned, 2 job directories: 1 runs with results, 1 failed" in md
     assert "- 4 planned jobs never started" in md
+
+
+# -- the paired interval ------------------------------------------------------------------------
+T_975_2 = 4.302652729911275  # t_{0.975, 2}: the 97.5% quantile of Student's t with 2 degrees of freedom
+
+
+def test_paired_interval_by_hand():
+    """d = 2, 3, 4 over seeds 0-2 (seed 3 has no pair): mean 3, sd 1, half-width t * 1 / sqrt(3)."""
+    d = paired_difference({0: 80.0, 1: 82.0, 2: 85.0, 3: 99.0}, {0: 78.0, 1: 79.0, 2: 81.0})
+    half_a = T_975_2 * 1.0 / 3 ** 0.5  # = 2.4841
+    assert (d.n, d.mean) == (3, pytest.approx(3.0))
+    assert (d.low, d.high) == (pytest.approx(3.0 - half_a), pytest.approx(3.0 + half_a))
+    assert d.significant  # [0.52, 5.48] excludes 0
+    # d = 2, 1, 4: mean 7/3, sd^2 = ((1/3)^2 + (4/3)^2 + (5/3)^2) / 2 = 7/3
+    d = paired_difference({0: 2.0, 1: 1.0, 2: 4.0}, {0: 0.0, 1: 0.0, 2: 0.0})
+    half = T_975_2 * (7 / 3) ** 0.5 / 3 ** 0.5  # = 3.7946
+    assert (d.low, d.high) == (pytest.approx(7 / 3 - half), pytest.approx(7 / 3 + half))
+    assert not d.significant  # [-1.46, 6.13] holds 0
+    neg = paired_difference({0: 78.0, 1: 79.0, 2: 81.0}, {0: 80.0, 1: 82.0, 2: 85.0})  # d = -2, -3, -4
+    assert (neg.low, neg.high, neg.significant) == (pytest.approx(-3.0 - half_a), pytest.approx(-3.0 + half_a), True)
+    one = paired_difference({0: 5.0, 1: 6.0}, {1: 4.0})
+    assert (one.n, one.mean, one.low, one.significant) == (1, 2.0, None, False)  # one pair: no interval
+    assert paired_difference({0: 5.0}, {1: 4.0}).mean is None
+
+
+# -- rows from what the sweep varies ------------------------------------------------------------
+def smoke_sweep(root: Path, divergences=("kl", "sinkhorn"), seeds=(0, 1), score=None) -> Path:
+    """`kdlab -m experiment=smoke divergence=kl,sinkhorn seed=0,1`: every job is named smoke."""
+    score = score or (lambda i, s: 0.6 + 0.1 * i + 0.01 * s)
+    n = 0
+    for i, div in enumerate(divergences):
+        for s in seeds:
+            write_run(root, n, "smoke", "glue/sst2", s, best=score(i, s), last=score(i, s),
+                      overrides=["experiment=smoke", f"divergence={div}", f"seed={s}", "logger=none"])
+            n += 1
+    return root
+
+
+def test_a_sweep_over_a_non_preset_group_has_one_row_per_value(tmp_path):
+    table = build_table(find_runs(smoke_sweep(tmp_path)))
+    assert table.methods == ["teacher", "kl", "sinkhorn"]
+    assert [table.label(m) for m in table.methods] == ["Teacher", "kl", "sinkhorn"]
+    assert "`divergence`" in table.rows_by
+    for m, base in (("kl", 60.0), ("sinkhorn", 70.0)):
+        cell = table.cells[m, "glue/sst2", "best"]
+        assert (cell.values, cell.expected) == ([pytest.approx(base), pytest.approx(base + 1)], 2)
+        assert "(" not in cell.text()  # 2 of 2 seeds: no (k/n)
+    # the old grouping by name alone cannot tell the rows apart: refused, not merged
+    with pytest.raises(tables.TableError, match="cannot be told apart"):
+        build_table(find_runs(tmp_path, method_key="experiment_name"))
+
+
+def test_method_presets_keep_their_names_and_the_task_override_is_a_column(tmp_path):
+    """The Makefile's table sweeps: the task and method rows are both swept."""
+    n = 0
+    for method in ("finetune", "kd", "sinkd"):
+        for task in ("sst2", "mrpc"):
+            for s in (0, 1):
+                write_run(tmp_path, n, method, f"glue/{task}", s, best=0.7, last=0.7, overrides=[
+                    "experiment=sinkd/glue_cpu", f"experiment/sinkd/glue/task={task}", f"seed={s}",
+                    f"experiment/sinkd/method={method}", "logger=none"])
+                n += 1
+    table = build_table(find_runs(tmp_path))
+    assert table.methods == ["teacher", "finetune", "kd", "sinkd"]
+    assert table.label("sinkd") == "SinKD (faithful)" and table.tasks == ["glue/mrpc", "glue/sst2", AVERAGE]
+    assert "`experiment/sinkd/method`" in table.rows_by
+    out = tmp_path / "out"  # the baseline by its display name, as `make table-glue-cpu` output is read
+    assert tables.main([str(tmp_path), "--out", str(out), "--baseline", "Student (no teacher)"]) == 0
+    md = (out / "table.md").read_text()
+    assert "## Difference from Student (no teacher)" in md and "| KD | +0.0 [+0.0, +0.0] |" in md
+
+
+def test_several_varying_overrides_name_each_row_by_all(tmp_path):
+    n = 0
+    for div in ("kl", "js"):
+        for lr in ("1e-4", "3e-4"):
+            write_run(tmp_path, n, "default", "glue/sst2", 0, best=0.7, last=0.7,
+                      overrides=[f"divergence={div}", f"+trainer.lr={lr}", "seed=0"])
+            n += 1
+    table = build_table(find_runs(tmp_path))
+    assert table.methods[1:] == ["divergence=kl, trainer.lr=1e-4", "divergence=kl, trainer.lr=3e-4",
+                                 "divergence=js, trainer.lr=1e-4", "divergence=js, trainer.lr=3e-4"]
+
+
+def test_k_of_n_counts_the_seeds_of_the_row(tmp_path):
+    """kl has seeds 0-2 (seed 2 failed); sinkhorn seeds 0-1 only."""
+    smoke_sweep(tmp_path, ("kl",), (0, 1))
+    write_run(tmp_path, 2, "smoke", "glue/sst2", 2, overrides=["experiment=smoke", "divergence=kl", "seed=2", "logger=none"])
+    write_run(tmp_path, 3, "smoke", "glue/sst2", 0, best=0.5, last=0.5,
+              overrides=["experiment=smoke", "divergence=sinkhorn", "seed=0", "logger=none"])
+    write_run(tmp_path, 4, "smoke", "glue/sst2", 1, best=0.5, last=0.5,
+              overrides=["experiment=smoke", "divergence=sinkhorn", "seed=1", "logger=none"])
+    table = build_table(find_runs(tmp_path))
+    assert table.cells["kl", "glue/sst2", "best"].text().endswith("(2/3)")
+    assert table.cells["sinkhorn", "glue/sst2", "best"].expected == 2
+    assert all(len(c.values) <= c.expected for c in table.cells.values())
+    write_run(tmp_path, 5, "smoke", "glue/sst2", 1, best=0.5, last=0.5,  # seed 1 of sinkhorn twice
+              overrides=["experiment=smoke", "divergence=sinkhorn", "seed=1", "logger=none"])
+    with pytest.raises(tables.TableError, match="2 finished runs of row 'sinkhorn', task glue/sst2, seed 1"):
+        build_table(find_runs(tmp_path))
+
+
+# -- the baseline -------------------------------------------------------------------------------
+def test_baseline_marks_the_differences_whose_interval_excludes_zero(tmp_path):
+    """Per seed 0, 1, 2: kl 60, 61, 62; js 62, 64, 64 (d = 2, 3, 2: excludes 0);
+    sinkhorn 58, 63, 61 (d = -2, 2, -1: holds 0)."""
+    scores = {0: (60, 61, 62), 1: (62, 64, 64), 2: (58, 63, 61)}
+    smoke_sweep(tmp_path, ("kl", "js", "sinkhorn"), (0, 1, 2), lambda i, s: scores[i][s] / 100)
+    out = tmp_path / "out"
+    assert tables.main([str(tmp_path), "--out", str(out), "--baseline", "kl"]) == 0
+    md = (out / "table.md").read_text()
+    js = next(line for line in md.splitlines() if line.startswith("| js |") and "[" in line)
+    sinkhorn = next(line for line in md.splitlines() if line.startswith("| sinkhorn |") and "[" in line)
+    half = T_975_2 * (1 / 3) ** 0.5 / 3 ** 0.5  # d = 2, 3, 2: mean 7/3, sd^2 = 1/3
+    assert f"**+2.3 [{7 / 3 - half:+.1f}, {7 / 3 + half:+.1f}]**" in js
+    assert "**" not in sinkhorn and "-0.3 [" in sinkhorn
+    assert "| kl | baseline |" in md and "scipy.stats.t" in md and "Bold: the interval excludes 0" in md
+    tex = (out / "table.tex").read_text()
+    assert r"\textbf{+2.3 [" in tex and "scipy.stats.t" in tex
+    rows = {(r["method"], r["protocol"]): r for r in csv.DictReader((out / "table.csv").open())
+            if r["task"] == "glue/sst2"}
+    assert (rows["js", "best"]["significant"], rows["sinkhorn", "best"]["significant"]) == ("1", "0")
+    assert rows["js", "best"]["baseline"] == "kl" and rows["js", "best"]["paired_n"] == "3"
+    assert float(rows["js", "best"]["ci_low"]) == pytest.approx(7 / 3 - half, abs=1e-4)
+
+
+def test_baseline_with_one_paired_seed_says_n_a(tmp_path, capsys):
+    smoke_sweep(tmp_path, ("kl", "sinkhorn"), (0,))
+    table = build_table(find_runs(tmp_path), baseline="kl")
+    assert table.paired["sinkhorn", "glue/sst2", "best"].low is None
+    md = tables.to_markdown(table, "t", "s")
+    assert "| sinkhorn | +10.0 [n/a] |" in md
+    assert build_table(find_runs(tmp_path), baseline="KL").baseline == "kl"  # by name, any case
+    assert tables.main([str(tmp_path), "--out", str(tmp_path / "o"), "--baseline", "nope"]) == 2
+    assert "--baseline 'nope' is not a row of this sweep; rows: teacher, kl, sinkhorn" in capsys.readouterr().err
+
+
+def test_baseline_plot_has_interval_panels(tmp_path):
+    smoke_sweep(tmp_path, ("kl", "sinkhorn"), (0, 1, 2))
+    out = tmp_path / "out"
+    assert tables.main([str(tmp_path), "--out", str(out)]) == 0
+    plain = (out / "table.png").stat().st_size
+    assert tables.main([str(tmp_path), "--out", str(out), "--baseline", "kl"]) == 0
+    from PIL import Image
+
+    with Image.open(out / "table.png") as im:
+        assert im.height > 1.8 * 3.6 * 120 * 0.9  # a second line of panels: the differences
+    assert (out / "table.png").stat().st_size > plain
+
+
+# -- end to end ---------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_readme_sweep_gives_one_row_per_divergence(tmp_path, data_dir, cache_dir, capsys):
+    """The README's sweep, shrunk: `kdlab -m experiment=smoke divergence=kl,sinkhorn seed=0,1`."""
+    out = run_cli(["-m", "experiment=smoke", "divergence=kl,sinkhorn", "seed=0,1", "trainer.max_steps=2",
+                   "teacher.finetune.max_steps=2", "dataset.max_train_samples=32", "dataset.max_eval_samples=32",
+                   "logger=none", f"cache_dir={cache_dir}", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                  env_extra={"KDLAB_DATA_DIR": str(data_dir)}, timeout=1800)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert tables.main([str(tmp_path / "sweep"), "--out", str(tmp_path / "table"), "--baseline", "kl"]) == 0
+    table = build_table(find_runs(tmp_path / "sweep"), baseline="kl")
+    assert table.methods == ["teacher", "kl", "sinkhorn"]
+    for m in ("kl", "sinkhorn"):
+        cell = table.cells[m, "glue/sst2", "best"]
+        assert (len(cell.values), cell.expected) == (2, 2)
+    assert table.paired["sinkhorn", "glue/sst2", "best"].n == 2
+    md = capsys.readouterr().out
+    assert "| kl |" in md and "| sinkhorn |" in md and "| smoke |" not in md
