@@ -164,6 +164,9 @@ class TrainerConfig:
     cache_teacher_outputs: bool = True
     # Also train the student with cross-entropy only (no teacher), as a reference row.
     baseline_student: bool = False
+    # Save each trained student in Hugging Face format under the run dir (student/,
+    # baseline_student/) with a model card; false: nothing but the reports is written.
+    save_student: bool = True
 
 
 @dataclass

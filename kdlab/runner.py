@@ -7,7 +7,9 @@ write ``results.json``.
 ``teacher`` and ``student`` (each ``{"name", "params", "dev": {metric: value}}``),
 ``divergence``, ``seed``, ``steps``, ``wall_seconds`` and ``config``. Extensions:
 ``student.dev_last`` / ``student.dev_best`` (last checkpoint / per-metric maximum over
-evaluations), ``student.evaluations``, ``majority``, ``baseline_student``, ``meta``.
+evaluations), ``student.evaluations``, ``majority``, ``baseline_student``, ``meta``,
+``<model>.footprint`` (params, weights size, latency, throughput) and ``savings``
+(teacher / student ratios); see ``kdlab.products``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import transformers
 from omegaconf import OmegaConf
 from transformers import set_seed
 
-from kdlab import checkpoint, distributed, teacher_cache, teacher_outputs
+from kdlab import checkpoint, distributed, products, teacher_cache, teacher_outputs
 from kdlab.batching import PairedDataset, loader
 from kdlab.config import Config
 from kdlab.data import get_task, load_split, score
@@ -289,11 +291,13 @@ def run(cfg: Config) -> Dict[str, Any]:
             first = next(iter(evals.values()))
             results["majority"] = {"dev": majority_metrics(task.name, np.asarray(train_ds.labels),
                                                            first.examples)}
+        students: Dict[str, Loaded] = {}  # the models the run leaves, by results.json key
         if cfg.trainer.baseline_student:
             base, base_result = exp.fit_student(teacher, s_train, s_evals, "student_baseline",
                                                 resume_dir=resume_from, meta=ckpt_meta)
             results["baseline_student"] = {"name": cfg.student.name, "params": count_params(base.model),
                                            **summarise(base_result, cfg.trainer.select)}
+            students["baseline_student"] = base
         outputs = exp.teacher_outputs(teacher, teacher_hash, train_ds, [ex.idx for ex in train_examples])
         student, result = exp.fit_student(teacher, distill_ds, s_evals, "student", outputs=outputs,
                                           resume_dir=resume_from, meta=ckpt_meta)
@@ -304,6 +308,9 @@ def run(cfg: Config) -> Dict[str, Any]:
                               **summarise(result, cfg.trainer.select)}
         results.update(divergence=cfg.divergence.name, seed=cfg.seed, steps=result.steps,
                        wall_seconds=round(time.perf_counter() - start, 2), config=resolved, meta=meta)
+        students["student"] = student
+        products.finish(exp, results, teacher, students, evals, s_evals,
+                        {"train": len(train_examples), **{k: len(v) for k, v in eval_examples.items()}})
         tracker.log({f"dev/{who}/{k}": v for who in ("teacher", "student") for k, v in results[who]["dev"].items()})
         tracker.summary({"dev_student": results["student"]["dev"], "dev_teacher": results["teacher"]["dev"]})
         write_json_atomic(out_dir / RESULTS_FILE, results)
