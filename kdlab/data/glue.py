@@ -154,7 +154,8 @@ glue(
     ("matthews_correlation", "accuracy"),
     {
         # The labelled diagnostic-full.tsv is not on the hub; "test" is what the hub serves.
-        "validation": SplitFile("diagnostic-full.tsv", TsvFormat({"premise": "Premise", "hypothesis": "Hypothesis"}, "Label")),
+        "validation": SplitFile("diagnostic-full.tsv", TsvFormat({"premise": "Premise", "hypothesis": "Hypothesis"}, "Label"),
+                                on_hub=False),
         "test": SplitFile("diagnostic.tsv", TsvFormat({"premise": "sentence1", "hypothesis": "sentence2"}, None), labelled=False),
     },
     ("premise", "hypothesis"),

@@ -31,9 +31,15 @@ def load_split(
     ``data_dir`` None reads the hub; otherwise see ``kdlab.data.sources`` for the order in
     which files are looked for. ``max_samples`` keeps a random subset drawn under ``seed``
     (whole groups for grouped tasks such as MultiRC), in file order; ``stratified`` keeps
-    the label proportions.
+    the label proportions. A diagnostic set's ``train`` split is its ``train_task``'s
+    (AX: MNLI's, AX-b and AX-g: RTE's), as the benchmarks define them.
     """
     spec = get_task(name)
+    if split == "train" and spec.train_task is not None:
+        try:
+            return load_split(spec.train_task, split, data_dir, max_samples, seed, stratified, on_bad_row)
+        except DataError as e:
+            raise DataError(f"{spec.name} is trained on {spec.train_task}: {e}") from e
     spec.split_file(split)
     if on_bad_row not in ON_BAD_ROW:
         raise ConfigError(

@@ -75,7 +75,13 @@ def read_hub(spec: TaskSpec, split: str) -> List[Row]:
     """The hub copy (``datasets.load_dataset``); needs network access or a warm HF cache."""
     import datasets
 
-    spec.split_file(split)  # an unknown split is a ConfigError before any download
+    split_file = spec.split_file(split)  # an unknown split is a ConfigError before any download
+    if not split_file.on_hub:
+        raise DataError(
+            f"{spec.name} split {split!r} ({split_file.filename}) is not on the Hugging Face hub; "
+            f"set dataset.data_dir (or KDLAB_DATA_DIR) to a directory holding "
+            f"{spec.benchmark}/{spec.dirname}/{split_file.filename}."
+        )
     try:
         ds = datasets.load_dataset(spec.hub_path, spec.hub_config, split=split)
     except Exception as e:  # network, missing split, ...: say what was tried and what else works

@@ -21,11 +21,16 @@ KINDS = ("classification", "regression", "multiple_choice")
 
 @dataclass(frozen=True)
 class SplitFile:
-    """The original-format file of one split, e.g. ``dev.tsv`` for GLUE ``validation``."""
+    """The original-format file of one split, e.g. ``dev.tsv`` for GLUE ``validation``.
+
+    ``on_hub`` False: the Hugging Face copy has no such split (GLUE's labelled
+    ``diagnostic-full.tsv``), so it is read from a data dir only.
+    """
 
     filename: str
     format: FileFormat
     labelled: bool = True
+    on_hub: bool = True
 
 
 @dataclass(frozen=True)
@@ -37,8 +42,9 @@ class TaskSpec:
     all that ``compute_metrics`` returns. Original-format files live in
     ``<data_dir>/<benchmark>/<dirname>/``; the hub copy is ``hub_path`` / ``hub_config``.
     ``to_example`` turns a row (hub field names, label ids) into an ``Example``.
-    ``train_task`` names the task whose training data a diagnostic set (no train split)
-    is evaluated with.
+    ``train_task``: a diagnostic set (AX, AX-b, AX-g) has no training data of its own; its
+    model is trained on this task (MNLI, RTE), whose ``train`` split ``load_split`` reads
+    for it. The label sets are the same (checked at registration).
     """
 
     name: str
@@ -73,7 +79,8 @@ class TaskSpec:
 
     @property
     def train_split(self) -> Optional[str]:
-        return "train" if "train" in self.splits else None
+        """``"train"`` when the task can be trained: its own file or its ``train_task``'s."""
+        return "train" if "train" in self.splits or self.train_task else None
 
     def labels(self, split: str) -> Labels:
         return Labels(raw=self.raw_labels, required=self.split_file(split).labelled)
@@ -88,6 +95,11 @@ class TaskSpec:
 
 
 def register(spec: TaskSpec) -> TaskSpec:
+    if spec.train_task is not None:
+        # the model trained on train_task is scored on spec's labels: the ids must agree
+        assert "train" not in spec.splits, spec.name
+        trained = get_task(spec.train_task)
+        assert trained.label_names == spec.label_names, (spec.name, trained.name)
     TASKS.register(spec.name)(spec)
     return spec
 

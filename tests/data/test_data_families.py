@@ -1,9 +1,10 @@
-"""Every task with training data, in every model family, through the runner's own path:
-original-format files -> ``Experiment.examples`` -> the family's dataset -> a training
-batch's loss -> ``Experiment.evaluate`` (predictions of a tiny model, official metrics)
-and the majority baseline. Models are tiny and random: the point is that each task is
-read, fed, predicted and scored in each family, grouped metrics (MultiRC's exact match,
-ReCoRD's answer strings) included."""
+"""Every task, in every model family, through the runner's own path: original-format
+files -> ``Experiment.examples`` -> the family's dataset -> a training batch's loss ->
+``Experiment.evaluate`` (predictions of a tiny model, official metrics) and the majority
+baseline. Models are tiny and random: the point is that each task is read, fed,
+predicted and scored in each family, grouped metrics (MultiRC's exact match, ReCoRD's
+answer strings, AX-g's gender parity) included. The diagnostic sets train on their
+``train_task``'s files and are scored on the diagnostic file."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from omegaconf import OmegaConf
 from transformers import AutoTokenizer, BertConfig
 
 from kdlab.config import TeacherConfig
-from kdlab.data import get_task
+from kdlab.data import get_task, load_split
 from kdlab.errors import ConfigError
 from kdlab.families import get_family
 from kdlab.models import TEACHERS
@@ -27,16 +28,17 @@ from kdlab.tracking import NullTracker
 from kdlab.validation import validate
 from tests.conftest import compose_config
 
-# the tasks with a training split (the diagnostic sets train on another task's)
-TASKS = sorted(t for t in SAMPLES if get_task(t).train_split)
+TASKS = sorted(SAMPLES)
+DIAGNOSTICS = {"glue/ax": "glue/mnli", "superglue/axb": "superglue/rte", "superglue/axg": "superglue/rte"}
 PRESETS = {"encoder": "smoke", "seq2seq": "smoke_seq2seq", "causal": "smoke_causal"}
 # what a family cannot do, refused on the config: an encoder classifier has no head for
 # a variable set of candidates; rank classification has no classes for STS-B's scores
 REFUSED = {("encoder", "superglue/copa"), ("encoder", "superglue/record"), ("causal", "glue/stsb")}
 
 
-def test_seventeen_tasks_with_training_data():
-    assert len(TASKS) == 17
+def test_seventeen_tasks_with_training_data_and_three_diagnostics():
+    assert len([t for t in TASKS if "train" in get_task(t).splits]) == 17
+    assert {t: get_task(t).train_task for t in TASKS if get_task(t).train_task} == DIAGNOSTICS
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +68,8 @@ def tiny_models(cache_dir):
 @pytest.mark.parametrize("task", TASKS)
 def test_task_trains_and_scores_in_family(task, family, tmp_path, tiny_models):
     data = write_samples(tmp_path / "data", task)
+    if task in DIAGNOSTICS:
+        write_samples(data, DIAGNOSTICS[task])
     cfg = compose_config([f"experiment={PRESETS[family]}", f"dataset={task}", f"dataset.data_dir={data}",
                           f"cache_dir={tmp_path / 'cache'}", "logger=none"])
     spec = get_task(task)
@@ -78,7 +82,11 @@ def test_task_trains_and_scores_in_family(task, family, tmp_path, tiny_models):
     model, tokenizer = tiny_models(family, spec.num_labels)
     exp.family.bind_tokenizer(model, tokenizer)
 
-    train = exp.encode(tokenizer, exp.examples("train", None, 0))
+    train_examples = exp.examples("train", None, 0)
+    if task in DIAGNOSTICS:  # the train_task's training file
+        assert [ex.text_a for ex in train_examples] == \
+            [ex.text_a for ex in load_split(DIAGNOSTICS[task], "train", data_dir=str(data))]
+    train = exp.encode(tokenizer, train_examples)
     batch = train.collate([train[i] for i in range(len(train))])
     loss = exp.family.supervised_loss(exp.family.forward(model, batch), batch)
     assert math.isfinite(loss.item())
