@@ -1,35 +1,42 @@
-# kdlab: one command to set up, one to run the main job, one to test.
+# kdlab: one command to run the main job, one to test; each sets up what it needs first.
 PY        ?= python3
 VENV      ?= .venv
 BIN       := $(VENV)/bin
+# Written once the environment is installed; newer than pyproject.toml means nothing to do,
+# so `make run` / `make test` install on a fresh clone and never again until the
+# dependencies change (`make -B install` forces a reinstall).
+INSTALLED := $(VENV)/.installed
 TORCH     ?= torch==2.13.0
 DATA_DIR  ?= $(abspath ../shared/data)
 export KDLAB_DATA_DIR ?= $(DATA_DIR)
 
 .PHONY: install run smoke test test-slow lint bench clean
 
-install:  ## virtual environment + kdlab (editable) + dependencies, CPU torch
+install: $(INSTALLED)  ## virtual environment + kdlab (editable) + dependencies, CPU torch
+
+$(INSTALLED): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install "$(TORCH)"
 	$(BIN)/pip install -e ".[test,sweep]"
+	touch $@
 
-run:  ## main job: fine-tune MiniLM on SST-2, distil it with SinKD, print the table
+run: $(INSTALLED)  ## main job: fine-tune MiniLM on SST-2, distil it with SinKD, print the table
 	$(BIN)/kdlab experiment=glue_minilm
 
-smoke:  ## the whole pipeline on tiny slices (under 2 minutes)
+smoke: $(INSTALLED)  ## the whole pipeline on tiny slices (under 2 minutes)
 	$(BIN)/kdlab experiment=smoke
 
-test:  ## fast offline test suite
-	$(BIN)/pytest -q
+test: $(INSTALLED)  ## fast offline test suite (needs the data: KDLAB_DATA_DIR, or --skip-data in ARGS)
+	$(BIN)/pytest -q $(ARGS)
 
-test-slow:  ## long end-to-end runs too
-	$(BIN)/pytest -q -m "slow or not slow"
+test-slow: $(INSTALLED)  ## long end-to-end runs too
+	$(BIN)/pytest -q -m "slow or not slow" $(ARGS)
 
-lint:
+lint: $(INSTALLED)
 	$(BIN)/ruff check kdlab tests scripts
 
-bench:  ## divergence, trainer and method benchmarks (measured figures, several minutes)
+bench: $(INSTALLED)  ## divergence, trainer and method benchmarks (measured figures, several minutes)
 	$(BIN)/python scripts/bench_divergences.py
 	$(BIN)/python scripts/bench_trainer.py
 	$(BIN)/python scripts/bench_methods.py
@@ -55,25 +62,25 @@ TABLE_ARGS  = $(if $(REFERENCE),--reference $(REFERENCE)) $(if $(BASELINE),--bas
 
 .PHONY: table-glue-cpu table-glue table-superglue-seq2seq table-superglue-causal
 
-table-glue-cpu:  ## CPU-sized SinKD GLUE table: 7 methods x SST-2, MRPC x 2 seeds (~15 min here)
+table-glue-cpu: $(INSTALLED)  ## CPU-sized SinKD GLUE table: 7 methods x SST-2, MRPC x 2 seeds (~15 min here)
 	$(BIN)/kdlab -m experiment=sinkd/glue_cpu experiment/sinkd/glue/task=$(CPU_TASKS) seed=$(CPU_SEEDS) \
 	  experiment/sinkd/method=$(CPU_METHODS) logger=none hydra.sweep.dir=$(TABLE_ROOT)/glue_cpu/$(TABLE_STAMP) $(ARGS); \
 	status=$$?; $(BIN)/kdlab-table $(TABLE_ROOT)/glue_cpu/$(TABLE_STAMP) --out docs/results/glue_cpu $(TABLE_ARGS) \
 	  --title "SinKD GLUE study, CPU-sized (MiniLM-L6 -> 2 layers, 40 steps)" && exit $$status
 
-table-glue:  ## SinKD GLUE table, one GPU: 7 methods x 7 tasks x 3 seeds (add hydra/launcher=slurm via ARGS)
+table-glue: $(INSTALLED)  ## SinKD GLUE table, one GPU: 7 methods x 7 tasks x 3 seeds (add hydra/launcher=slurm via ARGS)
 	$(BIN)/kdlab -m experiment=sinkd/glue experiment/sinkd/glue/task=$(GLUE_TASKS) seed=$(SEEDS) \
 	  experiment/sinkd/method=$(METHODS) hydra.sweep.dir=$(TABLE_ROOT)/glue/$(TABLE_STAMP) $(ARGS); \
 	status=$$?; $(BIN)/kdlab-table $(TABLE_ROOT)/glue/$(TABLE_STAMP) --out $(TABLE_ROOT)/glue/$(TABLE_STAMP)/table \
 	  $(TABLE_ARGS) --title "SinKD GLUE study (BERT-base -> BERT-6L)" && exit $$status
 
-table-superglue-seq2seq:  ## SinKD SuperGLUE table, encoder-decoder teacher and student
+table-superglue-seq2seq: $(INSTALLED)  ## SinKD SuperGLUE table, encoder-decoder teacher and student
 	$(BIN)/kdlab -m experiment=sinkd/superglue_seq2seq dataset=$(SG_TASKS) seed=$(SEEDS) \
 	  experiment/sinkd/method=$(METHODS) hydra.sweep.dir=$(TABLE_ROOT)/superglue_seq2seq/$(TABLE_STAMP) $(ARGS); \
 	status=$$?; $(BIN)/kdlab-table $(TABLE_ROOT)/superglue_seq2seq/$(TABLE_STAMP) \
 	  --out $(TABLE_ROOT)/superglue_seq2seq/$(TABLE_STAMP)/table $(TABLE_ARGS) --title "SinKD SuperGLUE study, encoder-decoder" && exit $$status
 
-table-superglue-causal:  ## SinKD SuperGLUE table, decoder-only teacher and student
+table-superglue-causal: $(INSTALLED)  ## SinKD SuperGLUE table, decoder-only teacher and student
 	$(BIN)/kdlab -m experiment=sinkd/superglue_causal dataset=$(SG_TASKS) seed=$(SEEDS) \
 	  experiment/sinkd/method=$(METHODS) hydra.sweep.dir=$(TABLE_ROOT)/superglue_causal/$(TABLE_STAMP) $(ARGS); \
 	status=$$?; $(BIN)/kdlab-table $(TABLE_ROOT)/superglue_causal/$(TABLE_STAMP) \

@@ -15,12 +15,45 @@ from kdlab.cli import CONFIG_DIR
 
 REPO = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("KDLAB_DATA_DIR") or REPO.parent / "shared" / "data")
+SKIP_DATA_ENV = "KDLAB_SKIP_DATA_TESTS"
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption("--skip-data", action="store_true",
+                     help=f"skip the tests that read the real GLUE / SuperGLUE files (or {SKIP_DATA_ENV}=1)")
+
+
+def _skip_data(config) -> bool:
+    return config.getoption("--skip-data") or os.environ.get(SKIP_DATA_ENV, "") not in ("", "0")
+
+
+def missing_data_message() -> str | None:
+    """Why the real data cannot be read, or None when it can."""
+    if (DATA_DIR / "glue").is_dir():
+        return None
+    return (f"the real GLUE / SuperGLUE files are not at {DATA_DIR}: point KDLAB_DATA_DIR at the "
+            f"directory holding glue/ and superglue/ (export KDLAB_DATA_DIR=/path/to/data), or skip "
+            f"the tests that read them on purpose with --skip-data or {SKIP_DATA_ENV}=1")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items) -> None:
+    """A missing data directory fails the run once, up front: a silent skip would leave a
+    green suite without a single end-to-end run."""
+    if _skip_data(config) or not any("data_dir" in getattr(i, "fixturenames", ()) for i in items):
+        return
+    problem = missing_data_message()
+    if problem:
+        raise pytest.UsageError(problem)
 
 
 @pytest.fixture(scope="session")
-def data_dir() -> Path:
-    if not (DATA_DIR / "glue").is_dir():
-        pytest.skip(f"real GLUE files not found at {DATA_DIR} (set KDLAB_DATA_DIR)")
+def data_dir(request) -> Path:
+    if _skip_data(request.config):
+        pytest.skip(f"tests that read the real data skipped on request (--skip-data / {SKIP_DATA_ENV})")
+    problem = missing_data_message()
+    if problem:
+        pytest.fail(problem, pytrace=False)
     return DATA_DIR
 
 

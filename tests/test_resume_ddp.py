@@ -21,6 +21,7 @@ def results(path):
     return json.loads((path / "results.json").read_text())
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(tmp_path, data_dir, cache_dir):
     args = [*COMMON, f"cache_dir={cache_dir}", "trainer.save_every=4"]
     env = {"KDLAB_DATA_DIR": str(data_dir)}

@@ -16,18 +16,24 @@ def own_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("smoke-cache")
 
 
+def smoke(tmp_path_factory, data_dir, cache_dir, name):
+    run_dir = tmp_path_factory.mktemp(name)
+    out = run_cli(["experiment=smoke", f"hydra.run.dir={run_dir}", f"cache_dir={cache_dir}"],
+                  env_extra={"KDLAB_DATA_DIR": str(data_dir)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    return run_dir, out
+
+
 @pytest.fixture(scope="module")
 def smoke_runs(tmp_path_factory, data_dir, own_cache):
-    """Two smoke runs sharing a cache: the first fine-tunes the teacher, the second reuses it."""
-    cache_dir = own_cache
-    runs = []
-    for i in range(2):
-        run_dir = tmp_path_factory.mktemp(f"smoke{i}")
-        out = run_cli(["experiment=smoke", f"hydra.run.dir={run_dir}", f"cache_dir={cache_dir}"],
-                      env_extra={"KDLAB_DATA_DIR": str(data_dir)})
-        assert out.returncode == 0, out.stderr[-3000:]
-        runs.append((run_dir, out))
-    return runs
+    """The first smoke run fine-tunes the teacher into an empty cache (default suite)."""
+    return [smoke(tmp_path_factory, data_dir, own_cache, "smoke0")]
+
+
+@pytest.fixture(scope="module")
+def second_smoke_run(smoke_runs, tmp_path_factory, data_dir, own_cache):
+    """A second run with the same cache reuses the fine-tuned teacher."""
+    return smoke(tmp_path_factory, data_dir, own_cache, "smoke1")
 
 
 def read_jsonl(path):
@@ -71,9 +77,10 @@ def test_metrics_jsonl_logs_every_term(smoke_runs):
     assert final["dev/student/accuracy"] == json.loads((run_dir / "results.json").read_text())["student"]["dev"]["accuracy"]
 
 
-def test_second_run_reuses_the_cached_teacher(smoke_runs, own_cache):
+@pytest.mark.slow
+def test_second_run_reuses_the_cached_teacher(smoke_runs, second_smoke_run, own_cache):
     cache_dir = own_cache
-    (first, _), (second, _) = smoke_runs
+    (first, _), (second, _) = smoke_runs[0], second_smoke_run
     phases = {r.get("phase") for r in read_jsonl(second / "metrics.jsonl")}
     assert "teacher_finetune" not in phases
     assert len(list((cache_dir / "teachers").iterdir())) == 1

@@ -134,6 +134,7 @@ def tiny_sweep(tmp_path_factory, data_dir, cache_dir):
     return sweep
 
 
+@pytest.mark.slow
 def test_tiny_multirun_table_cells_are_means_of_results(tiny_sweep, tmp_path):
     results = [json.loads(p.read_text()) for p in tiny_sweep.rglob("results.json")]
     assert len(results) == 4
@@ -155,6 +156,7 @@ def test_tiny_multirun_table_cells_are_means_of_results(tiny_sweep, tmp_path):
     assert all((out / f"table.{ext}").stat().st_size > 0 for ext in ("md", "tex", "csv", "png"))
 
 
+@pytest.mark.slow
 def test_kdlab_table_console_script(tiny_sweep, tmp_path):
     exe = Path(REPO / ".venv" / "bin" / "kdlab-table")
     if not exe.exists():

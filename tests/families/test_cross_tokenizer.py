@@ -123,6 +123,7 @@ def test_student_tokenizer_is_for_shrunk_students_only():
         validate(compose_config(["experiment=smoke", "student.tokenizer=bytes"]))
 
 
+@pytest.mark.slow
 def test_uld_across_tokenizers_end_to_end(tmp_path, data_dir, cache_dir):
     """methods/cpu/uld: a WordPiece teacher, a byte-level student, COPA answers."""
     out = run_cli(["experiment=methods/cpu/uld", "trainer.max_steps=3", "trainer.log_every=1", "logger=none",
