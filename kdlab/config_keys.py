@@ -16,9 +16,11 @@ import dataclasses
 import difflib
 import functools
 import typing
-from typing import Any, Dict, Union
+from typing import Any, Dict, Optional, Union
 
+from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from kdlab.config import Config
 from kdlab.errors import ConfigError
@@ -44,6 +46,7 @@ def _without_optional(hint: Any) -> Any:
 
 
 def _unknown(path: str, key: str, valid: list) -> ConfigError:
+    """The one message of an unknown key: where, a close valid key, every valid key there."""
     full = f"{path}.{key}" if path else key
     close = difflib.get_close_matches(key, valid, n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
@@ -80,3 +83,22 @@ def check_known_keys(cfg: Union[DictConfig, ListConfig, Any], schema: type = Con
     # Unresolved: interpolations (``${hydra:...}``) need not resolve to check the keys.
     container = OmegaConf.to_container(cfg, resolve=False) if OmegaConf.is_config(cfg) else cfg
     _check(container, schema, "")
+
+
+def composition_key_error(error: BaseException) -> Optional[ConfigError]:
+    """The ``ConfigError`` of an unknown key behind a Hydra composition error (a plain
+    override ``trainer.lerning_rate=1``, a key in a YAML file), or None for any other error."""
+    if not isinstance(error, ConfigCompositionException):
+        return None
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        schema = getattr(error, "object_type", None)
+        key = getattr(error, "key", None)
+        if isinstance(error, (ConfigKeyError, ConfigAttributeError)) and dataclasses.is_dataclass(schema) \
+                and isinstance(key, str) and key not in _fields(schema):
+            full_key = str(getattr(error, "full_key", None) or key)
+            path = full_key[: -len(key)].rstrip(".") if full_key.endswith(key) else ""
+            return _unknown(path, key, list(_fields(schema)))
+        error = error.__cause__ or error.__context__
+    return None
