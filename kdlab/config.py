@@ -28,8 +28,9 @@ from omegaconf import MISSING
 class FinetuneConfig:
     """How a teacher without a task head is fine-tuned before distillation.
 
-    Together with the teacher's name/path and the task, these values form the cache key
-    of the fine-tuned teacher: change any of them and the teacher is fine-tuned again.
+    Together with the teacher, the task and the training examples, these values form the
+    cache key of the fine-tuned teacher (``kdlab.cache_keys.teacher``): change any of them
+    (but ``save_every``) and the teacher is fine-tuned again.
     """
 
     epochs: float = 3.0

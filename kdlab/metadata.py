@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
-import json
 import subprocess
 from pathlib import Path
 from typing import Any, Dict, List
+
+from kdlab.cache_keys import examples_digest
 
 PACKAGES = ("torch", "transformers", "hydra-core", "omegaconf", "datasets", "geomloss", "pykeops", "wandb")
 # Keys that may change between a run and its resumption.
@@ -34,10 +34,7 @@ def versions() -> Dict[str, str]:
 
 
 def data_hash(examples: List[Any]) -> str:
-    h = hashlib.sha256()
-    for ex in examples:
-        h.update(json.dumps([ex.text_a, ex.text_b, ex.label], default=str).encode())
-    return h.hexdigest()[:16]
+    return examples_digest(examples)[:16]
 
 
 def run_metadata(train_examples: List[Any], teacher_hash: str) -> Dict[str, Any]:

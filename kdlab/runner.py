@@ -26,7 +26,7 @@ import transformers
 from omegaconf import OmegaConf
 from transformers import set_seed
 
-from kdlab import checkpoint, distributed, products, teacher_cache, teacher_outputs
+from kdlab import cache_keys, checkpoint, distributed, products, teacher_cache, teacher_outputs
 from kdlab.batching import PairedDataset, loader
 from kdlab.config import Config
 from kdlab.data import get_task, load_split, score
@@ -96,21 +96,23 @@ class Experiment:
         """The teacher with a task head: loaded, or fine-tuned once and cached on disk."""
         tcfg = self.cfg.teacher
         # A fresh task head is drawn under the recipe's seed, so the fine-tuned teacher is a
-        # function of its cache key (weights source, task, recipe), whatever ran before.
+        # function of its cache key (the model as loaded, data, recipe), whatever ran before.
         set_seed(tcfg.finetune.seed)
         loaded = TEACHERS.get(tcfg.name)(tcfg, self.task.num_labels, self.cfg.cache_dir, self.family)
         self.check_objective(loaded)  # before any fine-tuning
         if loaded.has_task_head and not tcfg.force_finetune:
             return loaded
-        key = teacher_cache.key(loaded.source, self.task.name, tcfg.finetune, self.cfg.dataset.max_length)
+        ft = tcfg.finetune
+        examples = self.examples("train", ft.max_train_samples, ft.seed)
+        key = cache_keys.teacher(loaded.model, loaded.tokenizer, self.task.name, examples, ft, self.cfg.dataset,
+                                 self.precision, distributed.world_size())
         cached = teacher_cache.load(self.cfg.cache_dir, key, self.task.num_labels, self.family)
         if cached is not None:
             log.info("using cached fine-tuned teacher %s", cached.source)
             return cached
-        ft = tcfg.finetune
         log.info("fine-tuning teacher %s on %s (cache key %s)", tcfg.name, self.task.name, key)
         set_seed(ft.seed)
-        train_ds = self.encode(loaded.tokenizer, self.examples("train", ft.max_train_samples, ft.seed))
+        train_ds = self.encode(loaded.tokenizer, examples)
         ckpt = teacher_cache.partial(self.cfg.cache_dir, key) if ft.save_every > 0 else None
         if ckpt is not None and checkpoint.list_checkpoints(ckpt):
             log.info("resuming the teacher's fine-tuning from %s", ckpt)
@@ -132,16 +134,14 @@ class Experiment:
         self.student_tokenizer = student.tokenizer
         self.spec.bind(teacher.model, student.model, self.family.stacks)
 
-    def teacher_outputs(self, teacher: Loaded, teacher_hash: str, train_ds: Any, example_ids: List[int]):
+    def teacher_outputs(self, teacher: Loaded, teacher_hash: str, train_ds: Any, examples: List[Any]):
         """The teacher's outputs per batch: read from the on-disk cache, or computed live."""
         live = teacher_outputs.LiveTeacher(teacher.model, self.family, self.device, self.precision)
         if not self.cfg.trainer.cache_teacher_outputs or self.family.name != "encoder" \
                 or self.spec.features:  # feature terms need live hidden states
             return live
-        key = teacher_outputs.cache_key(
-            teacher_hash, teacher.tokenizer, self.task.name, "train",
-            example_ids, {"max_length": self.cfg.dataset.max_length, "precision": self.precision},
-        )
+        key = cache_keys.teacher_outputs(teacher.model, teacher.tokenizer, examples, self.cfg.dataset,
+                                         self.precision, weights=teacher_hash)
         path = Path(self.cfg.cache_dir) / "teacher_outputs" / f"{key}.npy"
         logits = teacher_outputs.cached(path, lambda: teacher_outputs.compute(
             teacher.model, train_ds, self.family, self.device, self.precision, self.cfg.trainer.eval_batch_size))
@@ -187,11 +187,11 @@ class Experiment:
                 train(model, train_ds, family, fine_tune_objective(), settings, self.tracker, phase,
                       self.device, self.precision)
 
+            training = {"weight_decay": tr.weight_decay, "max_grad_norm": tr.max_grad_norm,
+                        "precision": self.precision, "world_size": distributed.world_size()}
             ted.stage_one(term, teacher.model, student.model, ted.StageContext(
-                family=self.family, train_ds=train_ds, task=self.task.name,
-                max_length=self.cfg.dataset.max_length, cache_dir=self.cfg.cache_dir,
-                weights_hash=teacher_outputs.weights_hash, fit=fit, is_main=distributed.is_main,
-                barrier=distributed.barrier))
+                family=self.family, train_ds=train_ds, task=self.task.name, cache_dir=self.cfg.cache_dir,
+                training=training, fit=fit, is_main=distributed.is_main, barrier=distributed.barrier))
 
 
 def _copy_checkpoints(src: Path, dst: Path) -> None:
@@ -280,7 +280,7 @@ def run(cfg: Config) -> Dict[str, Any]:
             s_train = exp.encode(exp.student_tokenizer, train_examples)
             s_evals = {split: exp.encode(exp.student_tokenizer, ex) for split, ex in eval_examples.items()}
             distill_ds = PairedDataset(s_train, train_ds)
-        teacher_hash = teacher_outputs.weights_hash(teacher.model)
+        teacher_hash = cache_keys.weights_digest(teacher.model)
         meta = {**run_metadata(train_examples, teacher_hash), "world_size": distributed.world_size()}
         tracker.summary({"meta": meta})
         ckpt_meta = {"config": config_for_resume(resolved), "wandb_id": tracker.run_id}
@@ -298,7 +298,7 @@ def run(cfg: Config) -> Dict[str, Any]:
             results["baseline_student"] = {"name": cfg.student.name, "params": count_params(base.model),
                                            **summarise(base_result, cfg.trainer.select)}
             students["baseline_student"] = base
-        outputs = exp.teacher_outputs(teacher, teacher_hash, train_ds, [ex.idx for ex in train_examples])
+        outputs = exp.teacher_outputs(teacher, teacher_hash, train_ds, train_examples)
         student, result = exp.fit_student(teacher, distill_ds, s_evals, "student", outputs=outputs,
                                           resume_dir=resume_from, meta=ckpt_meta)
         if not distributed.is_main():  # rank 0 alone reports

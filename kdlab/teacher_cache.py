@@ -1,14 +1,14 @@
-"""Fine-tuned teachers, cached on disk under a key of (model, task, recipe).
+"""Fine-tuned teachers, cached on disk under ``kdlab.cache_keys.teacher`` (the model before
+fine-tuning, its tokenizer, the task, the examples, the recipe, ...).
 
-Later runs and every member of a sweep that use the same teacher, task and fine-tuning
-recipe load the cached copy instead of training again. Entries are written to a temp
+Later runs and every member of a sweep that fine-tune the same model on the same data the
+same way load the cached copy instead of training again. Entries are written to a temp
 directory and renamed into place, so a crash never leaves a half-written teacher.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -17,30 +17,17 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from omegaconf import OmegaConf
-
 from kdlab.families.base import Family
 from kdlab.models import Loaded
 
 log = logging.getLogger(__name__)
 
 MARKER = "kdlab_teacher.json"
-NOT_IN_KEY = ("save_every",)  # recipe fields that do not change the fine-tuned weights
 
 
 def partial(cache_dir: str, k: str) -> Path:
     """Checkpoints of a fine-tuning in progress (removed once the teacher is saved)."""
     return Path(cache_dir) / "teachers" / f".partial-{k}"
-
-
-def key(source: str, task: str, finetune: Any, max_length: int) -> str:
-    """The cache key of a fine-tuned teacher: (weights source, task, recipe)."""
-    recipe = OmegaConf.to_container(finetune, resolve=True) if OmegaConf.is_config(finetune) else dict(finetune)
-    recipe = {k: v for k, v in recipe.items() if k not in NOT_IN_KEY}
-    blob = json.dumps({"model": source, "task": task, "recipe": recipe, "max_length": max_length},
-                      sort_keys=True)
-    slug = task.replace("/", "-")
-    return f"{slug}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
 def entry(cache_dir: str, k: str) -> Path:

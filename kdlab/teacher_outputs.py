@@ -1,10 +1,11 @@
 """Teacher outputs computed once, stored memory-mapped on disk, shared by every run.
 
-The teacher is frozen during distillation, so its logits on the training set are a pure
-function of (teacher weights, tokenizer, dataset, split, preprocessing). They are computed
-in one pass and saved as ``<cache_dir>/teacher_outputs/<key>.npy`` (float32 ``[N, C]``),
-then read by row index for each shuffled batch; every epoch, run and sweep member with the
-same key reuses them. Any change in the key's parts gives a new file.
+The teacher is frozen during distillation, so its logits on a list of examples are a pure
+function of (teacher, tokenizer, the examples' content and order, encoding, precision):
+``kdlab.cache_keys.teacher_outputs``. They are computed in one pass and saved as
+``<cache_dir>/teacher_outputs/<key>.npy`` (float32 ``[N, C]``), then read by row index for
+each shuffled batch; every epoch, run and sweep member with the same key reuses them. Any
+change in the key's parts gives a new file.
 
 Only classification-sized outputs (``[N, C]``) are cached; token-level ``[N, T, V]``
 logits are computed live.
@@ -12,12 +13,10 @@ logits are computed live.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, Sequence
+from typing import Any, Callable, Dict
 
 import numpy as np
 import torch
@@ -28,28 +27,6 @@ from kdlab.families.base import Family, Outputs
 from kdlab.precision import autocast
 
 log = logging.getLogger(__name__)
-
-
-def weights_hash(model: torch.nn.Module) -> str:
-    """sha256 over the model's parameters and buffers (names, shapes and bytes)."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def cache_key(teacher_hash: str, tokenizer: Any, task: str, split: str, example_ids: Sequence[int],
-              preprocessing: Dict[str, Any]) -> str:
-    from datasets.fingerprint import Hasher
-
-    blob = json.dumps({
-        "teacher": teacher_hash, "tokenizer": Hasher.hash(tokenizer), "task": task, "split": split,
-        "examples": hashlib.sha256(np.asarray(example_ids, dtype=np.int64).tobytes()).hexdigest(),
-        "preprocessing": preprocessing,
-    }, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
 def _length(item: Any) -> int:

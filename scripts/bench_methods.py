@@ -29,7 +29,7 @@ from kdlab.families import get_family
 from kdlab.methods import ted
 from kdlab.models import STUDENTS, TEACHERS
 from kdlab.objective import build_objective, fine_tune_objective
-from kdlab.teacher_outputs import LiveTeacher, weights_hash
+from kdlab.teacher_outputs import LiveTeacher
 from kdlab.tracking import NullTracker
 from kdlab.trainer import LoopSettings, train
 
@@ -96,8 +96,8 @@ class Setup:
 
         with tempfile.TemporaryDirectory() as cache:
             ctx = ted.StageContext(family=self.family, train_ds=self.teacher_ds, task=self.cfg.dataset.name,
-                                   max_length=self.cfg.dataset.max_length, cache_dir=cache,
-                                   weights_hash=weights_hash, fit=fit, is_main=lambda: True, barrier=lambda: None)
+                                   cache_dir=cache, training={}, fit=fit, is_main=lambda: True,
+                                   barrier=lambda: None)  # a fresh cache: the key is never looked up again
             t0 = time.perf_counter()
             ted.stage_one(term, self.teacher.model, self.student.model, ctx)
             elapsed = time.perf_counter() - t0

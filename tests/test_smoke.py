@@ -84,6 +84,8 @@ def test_second_run_reuses_the_cached_teacher(smoke_runs, second_smoke_run, own_
     phases = {r.get("phase") for r in read_jsonl(second / "metrics.jsonl")}
     assert "teacher_finetune" not in phases
     assert len(list((cache_dir / "teachers").iterdir())) == 1
+    # the teacher read back from the cache is the one fine-tuned in memory: same output key
+    assert len(list((cache_dir / "teacher_outputs").glob("*.npy"))) == 1
     r1 = json.loads((first / "results.json").read_text())
     r2 = json.loads((second / "results.json").read_text())
     assert r1["teacher"]["dev"] == r2["teacher"]["dev"]  # the same teacher weights

@@ -1,14 +1,14 @@
 """Tokenisation of examples for encoder models, cached on disk.
 
-The cache key is the ``datasets`` fingerprint of the tokenizer (its vocabulary and
-settings) together with the texts, ``max_length`` and the truncation strategy, so a
-second run with the same inputs reads the token ids instead of re-tokenising, and any
-change gives a new entry. Entries are ``.npz`` files of flat int32 arrays plus offsets.
+The cache key (``kdlab.cache_keys.tokenized``) is the fingerprint of the tokenizer (its
+vocabulary and settings) together with the texts, ``max_length`` and the truncation
+strategy, so a second run with the same inputs reads the token ids instead of
+re-tokenising, and any change gives a new entry. Entries are ``.npz`` files of flat int32
+arrays plus offsets.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from kdlab import cache_keys
 from kdlab.data.examples import Example
 from kdlab.errors import ConfigError
 
@@ -50,10 +51,7 @@ def encode(
         truncation = "longest_first"  # a single text has nothing to choose between
     path = None
     if cache_dir is not None:
-        path = (
-            Path(cache_dir)
-            / f"{cache_key(tokenizer, texts_a, texts_b, max_length, truncation)}.npz"
-        )
+        path = Path(cache_dir) / f"{cache_keys.tokenized(tokenizer, examples, max_length, truncation)}.npz"
         if path.is_file():
             log.info("tokenised inputs read from cache %s", path)
             return _load(path)
@@ -67,24 +65,6 @@ def encode(
     if path is not None:
         _save(path, features)
     return features
-
-
-def cache_key(
-    tokenizer: Any,
-    texts_a: Sequence[str],
-    texts_b: Sequence[Optional[str]],
-    max_length: int,
-    truncation: str,
-) -> str:
-    from datasets.fingerprint import Hasher
-
-    h = hashlib.sha256()
-    h.update(Hasher.hash(tokenizer).encode())
-    h.update(f"{max_length}|{truncation}|{len(texts_a)}".encode())
-    for a, b in zip(texts_a, texts_b, strict=True):
-        # \x00 / \x01 cannot occur in either text: they keep (a, b) boundaries unambiguous
-        h.update(a.encode() + b"\x00" + (b"\x01" if b is None else b.encode() + b"\x00"))
-    return h.hexdigest()[:32]
 
 
 def _save(path: Path, features: Features) -> None:

@@ -10,8 +10,9 @@ Teacher filters keep the teacher's width; student filters map to the teacher's w
   the model's pooler activation) and task head; the model is frozen and the filters are
   trained on ``mean_k task_loss(head_k(filter_k(h_k)))`` (CE, MSE for regression), teacher
   and student separately. The authors' students are task-fine-tuned before stage I
-  (``finetune_student``). The results are cached under ``cache_dir/ted_filters`` by (model
-  weights, task, recipe, filter layout, max_length), as a fine-tuned teacher is.
+  (``finetune_student``). The results are cached under ``cache_dir/ted_filters`` by
+  ``kdlab.cache_keys.ted_stage_one`` (model, task, the token ids and labels trained on,
+  recipe, loop settings, filter layout), as a fine-tuned teacher is.
 - **Stage II** (this term): teacher and its filters frozen; student and its filters trained
   with ``CE + kl_alpha T^2 KL_batchmean (T = 2) + mse_alpha * this term`` where the term is
   ``mean_k mean_{b, l, d} (f^s_k(h^s) - f^t_k(h^t))^2``: ``F.mse_loss`` over every position of
@@ -23,8 +24,6 @@ Encoder family only: the stage I heads are sequence-classification heads.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from dataclasses import asdict, dataclass, fields
@@ -36,6 +35,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from transformers.activations import ACT2FN
 
+from kdlab import cache_keys
 from kdlab.errors import ConfigError
 from kdlab.families.base import Batch, Family, Outputs
 from kdlab.families.encoder import INPUTS
@@ -222,19 +222,20 @@ class StageContext:
     family: Family
     train_ds: Any
     task: str
-    max_length: int
     cache_dir: str
-    weights_hash: Callable[[torch.nn.Module], str]
+    # the settings of ``fit`` that are not in the recipe but change what it trains (weight
+    # decay, clipping, precision, world size): part of the cache key
+    training: Dict[str, Any]
     fit: Callable[[torch.nn.Module, Family, float, str], None]  # (model, family, lr, phase): trains model
     is_main: Callable[[], bool]
     barrier: Callable[[], None]
 
 
-def _key(who: str, model_hash: str, term: TaskAwareFilters, bank: FilterBank, ctx: StageContext) -> str:
-    blob = json.dumps({"who": who, "model": model_hash, "task": ctx.task, "max_length": ctx.max_length,
-                       "recipe": asdict(term.recipe), "layers": bank.layers, "nonlinear": term.nonlinear,
-                       "shape": [tuple(p.shape) for p in bank.parameters()]}, sort_keys=True)
-    return f"{ctx.task.replace('/', '-')}-{who}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+def _key(who: str, model: torch.nn.Module, term: TaskAwareFilters, bank: FilterBank, data: str,
+         ctx: StageContext) -> str:
+    # the bank's initial weights (drawn when the term was bound) fix its shapes too
+    layout = {"layers": bank.layers, "nonlinear": term.nonlinear, "init": cache_keys.weights_digest(bank)}
+    return cache_keys.ted_stage_one(who, model, ctx.task, data, layout, asdict(term.recipe), ctx.training)
 
 
 def _save(path: Path, state: Dict[str, Any]) -> None:
@@ -264,7 +265,8 @@ def stage_one(term: TaskAwareFilters, teacher: torch.nn.Module, student: torch.n
     if term.teacher_bank is None or term.student_bank is None:
         raise RuntimeError("ted: bind the term to the models before stage I")
     root = Path(ctx.cache_dir) / CACHE
-    path = root / f"{_key('teacher', ctx.weights_hash(teacher), term, term.teacher_bank, ctx)}.pt"
+    data = cache_keys.dataset_digest(ctx.train_ds)  # token ids and labels stage I trains on
+    path = root / f"{_key('teacher', teacher, term, term.teacher_bank, data, ctx)}.pt"
     if path.is_file():
         log.info("ted: cached teacher filters %s", path.name)
         term.teacher_bank.load_state_dict(torch.load(path, map_location="cpu"))
@@ -273,7 +275,7 @@ def stage_one(term: TaskAwareFilters, teacher: torch.nn.Module, student: torch.n
         if ctx.is_main():
             _save(path, term.teacher_bank.state_dict())
     term.teacher_bank.requires_grad_(False)
-    path = root / f"{_key('student', ctx.weights_hash(student), term, term.student_bank, ctx)}.pt"
+    path = root / f"{_key('student', student, term, term.student_bank, data, ctx)}.pt"
     if path.is_file():
         log.info("ted: cached student stage I %s", path.name)
         state = torch.load(path, map_location="cpu")

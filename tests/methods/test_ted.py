@@ -11,7 +11,6 @@ from kdlab.families import get_family
 from kdlab.features import FEATURE_TERMS
 from kdlab.methods.ted import FilterProbe, ProbeFamily, StageContext, filter_layers, stage_one
 from kdlab.objective import build_objective, fine_tune_objective
-from kdlab.teacher_outputs import weights_hash
 from kdlab.tracking import NullTracker
 from kdlab.trainer import LoopSettings, train
 from tests.conftest import compose_config
@@ -146,9 +145,9 @@ def context(tmp_path, calls):
         settings = LoopSettings(epochs=1, max_steps=3, batch_size=4, lr=lr, progress=False)
         train(model, ds, family, fine_tune_objective(), settings, NullTracker(), phase, torch.device("cpu"))
 
-    return StageContext(family=get_family("encoder"), train_ds=ds, task="glue/sst2", max_length=6,
-                        cache_dir=str(tmp_path), weights_hash=weights_hash, fit=fit, is_main=lambda: True,
-                        barrier=lambda: None)
+    return StageContext(family=get_family("encoder"), train_ds=ds, task="glue/sst2", cache_dir=str(tmp_path),
+                        training={"weight_decay": 0.0, "max_grad_norm": 1.0, "precision": "fp32", "world_size": 1},
+                        fit=fit, is_main=lambda: True, barrier=lambda: None)
 
 
 def snapshot(module):
