@@ -101,7 +101,9 @@ class KDConfig:
 
     temperature: float = 1.0
     t2: bool = False  # multiply by T^2 (Hinton); the SinKD scripts do not
-    anneal: bool = False  # lower T linearly to 1 over training (SinKD's kd_anneal)
+    # "none" | "epoch" (SinKD's kd_anneal: T drops once per epoch, the last epoch runs at 1)
+    # | "step" (lowered every optimiser step, reaching 1 at the end); see objective.kd_temperature
+    anneal: str = "none"
 
 
 @dataclass

@@ -3,8 +3,8 @@
     loss = alpha * KD + (1 - alpha) * CE + divergence.weight * divergence + sum(extra terms)
 
 KD is Hinton's soft-target cross-entropy at ``objective.kd.temperature`` (optionally
-annealed to 1 and scaled by T^2). CE is the model family's loss on gold labels
-(cross-entropy, MSE for regression, token cross-entropy on targets).
+annealed to 1, see ``kd_temperature``, and scaled by T^2). CE is the model family's loss
+on gold labels (cross-entropy, MSE for regression, token cross-entropy on targets).
 Every distillation term is a module of ``kdlab.divergences`` (on logits) or of
 ``kdlab.features`` (hidden states, attentions); all are computed in float32 whatever the
 autocast dtype.
@@ -13,7 +13,7 @@ autocast dtype.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
+from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -27,13 +27,36 @@ from kdlab.features import FEATURE_TERMS, LayerMatch
 from kdlab.methods import LABEL_TERMS, labelled, layers, ted  # noqa: F401  (registration)
 
 NO_DIVERGENCE = "none"
+# Names of logged parts that are not terms: a term may not take them.
+RESERVED = {"ce": "the cross-entropy on labels", "loss": "the weighted sum"}
+# objective.kd.anneal: the KD temperature schedule (see kd_temperature)
+ANNEAL = ("none", "epoch", "step")
 
 
 @dataclass
 class Term:
-    name: str  # the key under which it is logged
+    name: str  # the key under which it is logged; unique in an objective
     weight: float
     module: torch.nn.Module
+    key: str = ""  # the config key it comes from, for messages ("divergence", "objective.alpha", ...)
+
+
+def kd_temperature(t0: float, schedule: str, fraction: float, epoch: int, epochs: int) -> float:
+    """The KD temperature of ``objective.kd.anneal=schedule``, from ``t0`` down to 1.
+
+    - ``epoch`` (SinKD's ``DistillKL_anneal``, the published schedule): constant within an
+      epoch, ``T_e = t0 + (1 - t0) * e / (E - 1)`` for the 0-based epoch ``e`` of ``E``, so the
+      first epoch runs at ``t0`` and the last at 1. A partial last epoch (``trainer.epochs``
+      fractional) counts as an epoch; with ``E = 1`` there is nothing to anneal: ``t0``.
+    - ``step``: lowered at every optimiser step, ``t0 - (t0 - 1) * fraction``; it reaches 1
+      only at the end of training.
+    - ``none``: ``t0``.
+    """
+    if schedule == "step":
+        return t0 - (t0 - 1.0) * min(max(fraction, 0.0), 1.0)
+    if schedule == "epoch" and epochs > 1:
+        return t0 + (1.0 - t0) * min(max(epoch, 0), epochs - 1) / (epochs - 1)
+    return t0
 
 
 class Objective(torch.nn.Module):
@@ -43,13 +66,21 @@ class Objective(torch.nn.Module):
         self,
         ce_weight: float,
         terms: List[Term],
-        kd_anneal_from: Optional[float] = None,
+        kd_anneal: str = "none",
     ) -> None:
+        """``kd_anneal`` (``ANNEAL``) schedules the temperature of the term named "kd" (the
+        alpha term), from its temperature at build time; see ``kd_temperature``."""
         super().__init__()
+        if kd_anneal not in ANNEAL:
+            raise ValueError(f"kd_anneal={kd_anneal!r}: one of {', '.join(ANNEAL)}")
+        check_unique_names(terms)
         self.ce_weight = ce_weight
         self.terms = terms
         self._modules_list = torch.nn.ModuleList([t.module for t in terms])
-        self.kd_anneal_from = kd_anneal_from
+        self.kd_anneal = kd_anneal
+        kd = [t.module for t in terms if t.name == "kd"]
+        self._annealed = kd[0] if kd and kd_anneal != "none" else None
+        self._t0 = self._annealed.temperature if self._annealed is not None else 1.0
 
     @property
     def needs_teacher(self) -> bool:
@@ -80,18 +111,16 @@ class Objective(torch.nn.Module):
             if hasattr(t.module, "bind"):  # feature terms; terms reading the student's embeddings
                 t.module.bind(teacher, student, stacks)
 
-    def set_progress(self, fraction: float) -> None:
-        """SinKD's ``kd_anneal``: the KD temperature goes linearly from T to 1 over training.
-        Terms with a schedule of their own (DKD's warm-up) get ``set_progress(fraction)``."""
+    def set_progress(self, fraction: float, epoch: int = 0, epochs: int = 1) -> None:
+        """Where training is: ``fraction`` of the optimiser steps done, in the 0-based data
+        epoch ``epoch`` of ``epochs`` (a partial last one counted). Sets the annealed KD
+        temperature (``kd_temperature``); terms with a schedule of their own (DKD's
+        warm-up) get ``set_progress(fraction)``."""
         for term in self.terms:
             if hasattr(term.module, "set_progress"):
                 term.module.set_progress(fraction)
-        if self.kd_anneal_from is None:
-            return
-        t0 = self.kd_anneal_from
-        for term in self.terms:
-            if term.name == "kd":
-                term.module.temperature = t0 - (t0 - 1.0) * min(max(fraction, 0.0), 1.0)
+        if self._annealed is not None:
+            self._annealed.temperature = kd_temperature(self._t0, self.kd_anneal, fraction, epoch, epochs)
 
     def forward(
         self,
@@ -133,6 +162,80 @@ class Objective(torch.nn.Module):
         return module(z_s, z_t, mask=student.mask, **kw)
 
 
+def check_unique_names(terms: Sequence[Term]) -> None:
+    """Every term is logged under its name, and the logged loss is the weighted sum of the
+    logged parts: two terms of one name would overwrite each other's part (and share the
+    KD temperature schedule), so a repeated or reserved name is refused."""
+    seen: Dict[str, Term] = {}
+    for term in terms:
+        where = f" ({term.key})" if term.key else ""
+        if term.name in RESERVED:
+            raise ConfigError(f"a term{where} is named {term.name!r}, the name of {RESERVED[term.name]} "
+                              "in the logs; give it another name")
+        if term.name in seen:
+            first = seen[term.name]
+            raise ConfigError(_duplicate_message(term.name, first.key, term.key))
+        seen[term.name] = term
+
+
+def _duplicate_message(name: str, first: str, second: str) -> str:
+    if {first, second} == {"objective.alpha", "divergence"}:
+        return (f"divergence={name} with objective.alpha > 0 makes two terms named {name!r} (the alpha "
+                "KD term and the divergence), whose logged values would overwrite each other. For KD "
+                "alone set divergence=none (its temperature is objective.kd.temperature); to weight "
+                "the divergence freely set objective.alpha=0 and objective.ce_weight")
+    return (f"two terms named {name!r} ({first or '?'} and {second or '?'}); their logged values would "
+            "overwrite each other. Rename one of them")
+
+
+def needs_class_distributions(module: torch.nn.Module) -> bool:
+    """Whether a term compares distributions over classes (softmax of the logits), which
+    are all 1 on a single output: such a term is identically 0 on a regression task.
+
+    Logit terms declare it as the class attribute ``needs_class_distributions`` (True on
+    ``LogitDivergence``, the label-aware terms and ULD; False on ``mse``). Feature terms
+    read hidden states or attentions: False. A logit term that declares nothing (one
+    registered from outside kdlab's base classes) counts as True, so that it is refused on
+    a single output rather than silently trained as 0.
+    """
+    if isinstance(module, LayerMatch):
+        return False
+    return bool(getattr(module, "needs_class_distributions", True))
+
+
+def check_single_output(terms: Sequence[Term], task: Any, family: str) -> None:
+    """Refuse distillation terms that are identically 0 on the task's outputs: on a
+    regression task the encoder family has one output per example, so every term that
+    compares class distributions gives 0 and only the label loss would train."""
+    if family != "encoder" or not task.is_regression:
+        return
+    zero = [t for t in terms if t.weight > 0 and needs_class_distributions(t.module)]
+    if zero:
+        names = ", ".join(f"{t.name} ({t.key})" if t.key else t.name for t in zero)
+        raise ConfigError(
+            f"dataset={task.name} is a regression task (one output per example): {names} compare "
+            "class distributions, identically 0 on a single output, so the student would learn from "
+            "the labels only. Use divergence=mse objective.alpha=0 (logit MSE, the regression KD "
+            "term of the SinKD code)"
+        )
+
+
+def anneal_schedule(value: Any) -> str:
+    """``objective.kd.anneal`` as one of ``ANNEAL``. ``false`` (the former boolean) is
+    ``none``; ``true`` is refused, as it meant the per-step schedule while SinKD's
+    published one is per epoch."""
+    text = str(value)
+    if text.lower() == "false":
+        return "none"
+    if text.lower() == "true":
+        raise ConfigError("objective.kd.anneal=true: say which schedule, 'epoch' (SinKD's published "
+                          "kd_anneal: the temperature drops once per epoch and the last epoch runs at 1) "
+                          "or 'step' (lowered a little every step, reaching 1 at the end); none: no annealing")
+    if text not in ANNEAL:
+        raise ConfigError(f"objective.kd.anneal={text!r}: valid values are {', '.join(ANNEAL)}")
+    return text
+
+
 def check_weight(key: str, value: float, upper: Optional[float] = None) -> None:
     if value < 0 or (upper is not None and value > upper):
         rng = f"in [0, {upper}]" if upper is not None else ">= 0"
@@ -145,37 +248,39 @@ def build_objective(cfg: Config) -> Objective:
     check_weight("objective.alpha", obj.alpha, upper=1.0)
     if obj.kd.temperature <= 0:
         raise ConfigError(f"objective.kd.temperature={obj.kd.temperature}: must be > 0")
+    anneal = anneal_schedule(obj.kd.anneal)
     terms: List[Term] = []
     if obj.alpha > 0:
         kd = divergences.get("kd", temperature=obj.kd.temperature, t2=obj.kd.t2)
-        terms.append(Term("kd", obj.alpha, kd))
+        terms.append(Term("kd", obj.alpha, kd, "objective.alpha"))
     div = cfg.divergence
     if div.name != NO_DIVERGENCE:
         check_weight("divergence.weight", div.weight)
-        terms.append(Term(div.name, div.weight, _build("divergence", div.name, dict(div.params))))
+        terms.append(Term(div.name, div.weight, _build("divergence", div.name, dict(div.params)), "divergence"))
     for key, term in obj.terms.items():
         check_weight(f"objective.terms.{key}.weight", term.weight)
-        if key in {t.name for t in terms} or key == "ce":
-            raise ConfigError(f"objective.terms.{key}: the name {key!r} is already used by another term")
-        terms.append(Term(key, term.weight, _build(f"objective.terms.{key}", term.name, dict(term.params))))
+        terms.append(Term(key, term.weight, _build(f"objective.terms.{key}", term.name, dict(term.params)),
+                          f"objective.terms.{key}"))
         if isinstance(terms[-1].module, LayerMatch):
             try:
                 terms[-1].module.resolve_stack(FAMILIES.get(cfg.teacher.family).stacks)
             except ConfigError as e:
                 raise ConfigError(f"objective.terms.{key}: {e}") from None
+    check_unique_names(terms)
+    task = get_task(cfg.dataset.name)
     for term in terms:
-        key = "divergence" if term.name == div.name and div.name != NO_DIVERGENCE else f"objective.terms.{term.name}"
         if hasattr(term.module, "check_setting"):  # the method's preconditions on task and family
             try:
-                term.module.check_setting(get_task(cfg.dataset.name), cfg.teacher.family)
+                term.module.check_setting(task, cfg.teacher.family)
             except ConfigError as e:
-                raise ConfigError(f"{key} ({term.name}): {e}") from None
+                raise ConfigError(f"{term.key} ({term.name}): {e}") from None
         if hasattr(term.module, "set_training_epochs"):
             term.module.set_training_epochs(cfg.trainer.epochs)
-    anneal = obj.kd.temperature if obj.kd.anneal else None
+    check_single_output(terms, task, cfg.teacher.family)
     ce_weight = 1.0 - obj.alpha if obj.ce_weight is None else obj.ce_weight
     check_weight("objective.ce_weight", ce_weight)
-    return Objective(ce_weight, terms, kd_anneal_from=anneal)
+    # the schedule is the alpha term's: with objective.alpha=0 there is nothing to anneal
+    return Objective(ce_weight, terms, kd_anneal=anneal if obj.alpha > 0 else "none")
 
 
 def fine_tune_objective() -> Objective:

@@ -97,6 +97,14 @@ def total_steps(settings: LoopSettings, batches_per_epoch: int) -> int:
     return max(1, math.ceil(settings.epochs * batches_per_epoch / settings.grad_accum))
 
 
+def total_epochs(settings: LoopSettings, batches_per_epoch: int) -> int:
+    """Data epochs the loop runs, a partial last one counted (the KD temperature's per-epoch
+    schedule reads it): ``ceil(epochs)``, or the epochs that ``max_steps`` spans."""
+    if settings.max_steps > 0:
+        return max(1, math.ceil(settings.max_steps * settings.grad_accum / batches_per_epoch))
+    return max(1, math.ceil(settings.epochs))
+
+
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
@@ -133,7 +141,7 @@ def train(
     loader = torch.utils.data.DataLoader(dataset, batch_size=settings.batch_size, sampler=sampler,
                                          collate_fn=dataset.collate, generator=torch.Generator())
     batches_per_epoch = len(sampler.indices()) // settings.batch_size + bool(len(sampler.indices()) % settings.batch_size)
-    steps = total_steps(settings, batches_per_epoch)
+    steps, epochs = total_steps(settings, batches_per_epoch), total_epochs(settings, batches_per_epoch)
     model.to(device).train()
     train_model = distributed.wrap(model, device)
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
@@ -211,7 +219,7 @@ def train(
     while not stopped:
         sampler.skip_batches = epoch_batches
         for batch in loader:
-            objective.set_progress(result.steps / steps)
+            objective.set_progress(result.steps / steps, sampler.epoch, epochs)
             batch = {k: v.to(device) for k, v in batch.items()}
             teacher = teacher_outputs(batch) if objective.needs_teacher else None
             with autocast(device, precision):

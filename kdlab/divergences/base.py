@@ -257,6 +257,10 @@ class LogitDivergence(torch.nn.Module):
             than logits (costs one pass over the inputs).
     """
 
+    # Compares softmax distributions over the classes, which are all 1 on a single output
+    # (a regression head): the objective refuses such a term there (it would be 0).
+    needs_class_distributions = True
+
     def __init__(
         self,
         temperature: float = 1.0,

@@ -22,6 +22,8 @@ class LogitMSE(LogitDivergence):
     cancels the 1/T^2.
     """
 
+    needs_class_distributions = False  # raw logits: meaningful on a single output
+
     def prepare(self, s: Tensor, t: Tensor) -> Tuple[Tensor, Tensor]:
         T = self.temperature
         return (s / T, t / T) if T != 1.0 else (s, t)

@@ -34,6 +34,7 @@ def check_class_inputs(name: str, z_s: Tensor, z_t: Tensor, labels: Optional[Ten
 
 class LabelTerm(torch.nn.Module):
     needs_labels = True
+    needs_class_distributions = True  # class logits [B, C] with C > 1
 
     def check_setting(self, task: Any, family: str) -> None:
         """Reject a task or model family that cannot give this term class labels."""

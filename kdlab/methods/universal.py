@@ -44,6 +44,7 @@ class UniversalLogitDistillation(torch.nn.Module):
 
     needs_teacher_mask = True
     cross_tokenizer = True  # teacher and student may have different tokenizers
+    needs_class_distributions = True  # sorted softmax probabilities: all 1 on one output
 
     def __init__(self, student_temperature: float = 1.0, teacher_temperature: float = 1.0) -> None:
         super().__init__()
