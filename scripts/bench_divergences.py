@@ -3,11 +3,12 @@
     python scripts/bench_divergences.py                 # default sizes (a few minutes)
     python scripts/bench_divergences.py --full          # + N = 4096 and D = 1000 for Sinkhorn
     python scripts/bench_divergences.py --only tokens   # one section: classification, sinkhorn, tokens
+    python scripts/bench_divergences.py --only sinkhorn --match "tol 1e-5"  # Sinkhorn methods by label
 
 Sections (printed as Markdown tables):
 - classification: every divergence at B in {16, 32, 256}, C in {2, 3};
 - sinkhorn: N student and N teacher points (probability vectors in D dimensions), L1 cost,
-  eps = 0.1, kdlab's backends against POT and GeomLoss;
+  eps = 0.1, kdlab's backends (dense, online_torch, KeOps) against POT and GeomLoss;
 - tokens: B*T = 4096 tokens, V = 32000, the KL family against F.kl_div(log_target=True).
 
 Peak memory is the growth of the process's peak resident set (VmHWM, reset before each
@@ -30,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from kdlab.divergences import get
+from kdlab.errors import ResourceError
 
 Fn = Callable[[], None]
 
@@ -145,6 +147,7 @@ def sinkhorn_methods(N: int, D: int, full: bool) -> Dict[str, Callable[[torch.Te
         "kdlab dense, debiased, tol 1e-5": kdlab(backend="dense"),
         "kdlab dense, 20 it, not debiased": kdlab(backend="dense", debias=False, tol=0.0, max_iter=20),
         "kdlab dense, 20 it, unrolled": kdlab(backend="dense", debias=False, tol=0.0, max_iter=20, gradient="unrolled"),
+        "kdlab online_torch (row blocks), debiased, tol 1e-5": kdlab(backend="online_torch"),
         "POT sinkhorn2, 20 it": pot,
         "GeomLoss tensorized, debiased": geomloss("tensorized"),
         "kdlab online (KeOps), debiased": kdlab(backend="online", scaling=0.5),
@@ -156,7 +159,7 @@ def sinkhorn_methods(N: int, D: int, full: bool) -> Dict[str, Callable[[torch.Te
     return methods
 
 
-def bench_sinkhorn(full: bool) -> None:
+def bench_sinkhorn(full: bool, match: Optional[str] = None) -> None:
     Ns = (32, 256, 1024, 4096) if full else (32, 256, 1024)
     Ds = (3, 100, 1000) if full else (3, 100)
     print("## Batch-wise Sinkhorn: N points vs N points in D dims, L1 cost, eps = 0.1\n")
@@ -165,21 +168,21 @@ def bench_sinkhorn(full: bool) -> None:
     header: List[str] = []
     for N in Ns:
         for D in Ds:
-            methods = sinkhorn_methods(N, D, full)
+            methods = {k: v for k, v in sinkhorn_methods(N, D, full).items() if match is None or match in k}
             header = ["N x D"] + list(methods)
             g = torch.Generator().manual_seed(0)
             x0 = torch.softmax(torch.randn(N, D, generator=g) * 2, -1)
             y = torch.softmax(torch.randn(N, D, generator=g) * 2, -1)
             row = [f"{N} x {D}"]
             for label, method in methods.items():
-                slow = "online" in label and N * D > 1024 * 100 and not full
+                slow = "KeOps" in label and N * D > 1024 * 100 and not full
                 if slow:
                     row.append("skipped (--full)")
                     continue
                 try:
                     t, m = measure(fwd_bwd(lambda x, method=method, y=y: method(x, y), x0), min_repeats=1, max_repeats=5)
                     row.append(f"{fmt_ms(t)} / {fmt_mb(m)}")
-                except (RuntimeError, MemoryError) as err:
+                except (RuntimeError, MemoryError, ResourceError) as err:  # ResourceError: KeOps failed its probe
                     row.append(f"failed: {type(err).__name__}")
             rows.append(row)
             print(f"  done {N} x {D}", file=sys.stderr, flush=True)
@@ -213,6 +216,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="Sinkhorn also at N = 4096 and D = 1000, KeOps everywhere")
     parser.add_argument("--only", choices=["classification", "sinkhorn", "tokens"], help="run one section")
+    parser.add_argument("--match", default=None, help="Sinkhorn: only the methods whose label contains this")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -223,7 +227,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.only in (None, "classification"):
         bench_classification()
     if args.only in (None, "sinkhorn"):
-        bench_sinkhorn(args.full)
+        bench_sinkhorn(args.full, args.match)
     if args.only in (None, "tokens"):
         bench_tokens()
 

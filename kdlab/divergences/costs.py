@@ -20,7 +20,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-CHUNK_ELEMENTS = 2**24  # differences per backward chunk (64 MB in float32)
+CHUNK_ELEMENTS = 2**22  # differences per backward chunk (16 MB in float32)
 
 
 def _rows_per_chunk(M: int, D: int) -> int:

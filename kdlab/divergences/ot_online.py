@@ -3,9 +3,10 @@
 Each Sinkhorn update ``f_i = -eps logsumexp_j(h_j - C(x_i, y_j) / eps)`` is computed over
 row blocks of at most ``BLOCK_ELEMENTS`` costs: a block's costs are built, reduced and
 dropped, so memory is ``O((N + M) D)`` plus one block whatever N and M, on any device.
-Every pass recomputes the costs (about twice the work of the dense solver per
-iteration), the price of not storing them; it is the route past the dense limit when
-KeOps is unavailable.
+Every pass recomputes the costs and their exponentials, where the dense solver reuses
+``exp(-C / eps)`` for a matrix-vector product: on CPU it is several times slower than
+dense where both fit, the price of not storing them; it is the route past the dense
+limit when KeOps is unavailable.
 
 The last update runs through ``OnlineSoftmin``, whose backward recomputes each block and
 gives the envelope gradient ``df_i / dx_i = sum_j pi_ij dC(x_i, y_j) / dx_i`` with

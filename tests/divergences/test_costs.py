@@ -123,8 +123,8 @@ def test_faithful_refuses_a_problem_over_the_memory_limit() -> None:
 
 def test_faithful_default_limit_is_the_device_memory(monkeypatch) -> None:
     monkeypatch.setattr(ksink, "device_memory_bytes", lambda device: 2**30)
-    assert ksink.faithful_memory_bytes(4096, 4096, 1000, 20) > 2**30  # about 3.8 GB in float32
-    with pytest.raises(ResourceError, match="needs about 3.8 GB .* 1.0 GB limit"):
+    assert ksink.faithful_memory_bytes(4096, 4096, 1000, 20) > 2**30  # about 3.6 GB in float32
+    with pytest.raises(ResourceError, match="needs about 3.6 GB .* 1.0 GB limit"):
         get("sinkhorn", mode="faithful").transport(torch.rand(4096, 1000), torch.rand(4096, 1000))
     with pytest.raises(ConfigError, match="memory_limit_gb"):
         get("sinkhorn", mode="sound", memory_limit_gb=1.0)
