@@ -98,3 +98,10 @@ def test_key_names_versions_and_device() -> None:
     key = kp.probe_key(CPU)
     assert set(key) == {"pykeops", "keopscore", "torch", "cuda", "device"}
     assert key["torch"] == torch.__version__ and key["device"] == "cpu"
+
+
+@pytest.mark.slow
+def test_real_probe_passes_on_cpu(tmp_path: Path) -> None:
+    """The shipped probe script runs KeOps for real (compiles with g++ on first use: minutes)."""
+    verdict = kp.keops_verdict(CPU, directory=tmp_path)
+    assert verdict.ok, verdict.reason
