@@ -27,10 +27,11 @@ from omegaconf import OmegaConf
 from transformers import set_seed
 
 from kdlab import cache_keys, checkpoint, distributed, products, teacher_cache, teacher_outputs
-from kdlab.batching import PairedDataset, loader
+from kdlab.batching import PairedDataset
 from kdlab.config import Config
 from kdlab.data import get_task, load_split, score
 from kdlab.errors import ConfigError
+from kdlab.evaluate import split_metrics
 from kdlab.families import get_family
 from kdlab.metadata import config_for_resume, run_metadata
 from kdlab.methods import ted
@@ -83,13 +84,8 @@ class Experiment:
 
     def evaluate(self, model: torch.nn.Module, evals: Dict[str, Any]) -> Dict[str, float]:
         """Official metrics on each eval split; the first split's keys are unprefixed."""
-        out: Dict[str, float] = {}
-        for i, (split, ds) in enumerate(evals.items()):
-            preds = self.family.predictions(model, loader(ds, self.cfg.trainer.eval_batch_size),
-                                            self.device, self.precision)
-            metrics = score(self.task.name, preds, ds.examples)  # groups, ReCoRD answers: every family
-            out.update({(k if i == 0 else f"{split}/{k}"): float(v) for k, v in metrics.items()})
-        return out
+        return split_metrics(self.family, self.task.name, model, evals, self.cfg.trainer.eval_batch_size,
+                             self.device, self.precision)
 
     # -- models -------------------------------------------------------------------------
     def teacher(self) -> Loaded:

@@ -4,6 +4,10 @@ with a model card; and the size / speed each student saves over the teacher."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,13 +15,13 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from kdlab import export
+from kdlab import evaluate, export, predict
 from kdlab.config import StudentConfig, TeacherConfig
 from kdlab.data import compute_metrics, get_task
 from kdlab.families import get_family
 from kdlab.families.tokens import slice_vocab
 from kdlab.models import STUDENTS, TEACHERS
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 from tests.families.famtools import make_pair
 from tests.plain_hf import score_without_kdlab
 
@@ -140,3 +144,117 @@ def test_a_token_level_student_scores_without_kdlab_as_in_results(experiment, tm
     preds, examples = score_without_kdlab(run_dir / "student", run_dir, data_dir, tmp_path)
     assert compute_metrics(res["task"], preds, [ex.label for ex in examples]) == res["student"]["dev"]
     assert "rank classification" in (run_dir / "student" / "README.md").read_text().lower()
+
+
+# -- reusing a saved student: kdlab-eval, kdlab-predict, a chained run ---------------------------
+
+
+def run_module(module: str, args, data_dir) -> subprocess.CompletedProcess:
+    env = {**os.environ, "KDLAB_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=300, cwd=REPO)
+
+
+def test_kdlab_eval_of_a_run_prints_and_writes_its_dev_score(encoder_run, data_dir, tmp_path):
+    run_dir, _ = encoder_run
+    res = json.loads((run_dir / "results.json").read_text())
+    out = run_module("kdlab.evaluate", [run_dir, "dataset=glue/sst2", "--out", tmp_path], data_dir)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"accuracy {res['student']['dev']['accuracy']:.4f}" in out.stdout
+    written = json.loads((tmp_path / "eval.json").read_text())
+    assert written["metrics"] == res["student"]["dev"]
+    assert (written["task"], written["splits"], written["examples"]) == ("glue/sst2", ["validation"],
+                                                                         {"validation": 64})
+
+
+def test_kdlab_eval_on_another_task_reads_its_whole_split(encoder_run, data_dir, tmp_path):
+    run_dir, _ = encoder_run
+    req = evaluate.parse([str(run_dir / "student"), "dataset=glue/rte", "split=validation"], "kdlab-eval")
+    assert (req.dataset.max_eval_samples, req.dataset.max_length) == (None, 256)  # the RTE preset
+    req.dataset.max_eval_samples = 16  # keep the test short
+    result = evaluate.evaluate(req)
+    assert result["examples"] == {"validation": 16} and 0 <= result["metrics"]["accuracy"] <= 1
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["{tmp}"], "holds no model: no config.json there nor in"),
+    (["{run}", "dataset=glue/mnli"], "has a classification head of 2 label(s) but glue/mnli has 3"),
+    (["{run}", "split=dev"], "glue/sst2 has no split 'dev'. Valid splits: train, validation, test"),
+    (["{run}", "split=test"], "split 'test' has no labels to score"),
+    (["{run}", "dataset.max_length=long"], "dataset: Value 'long' of type 'str' could not be converted"),
+    (["{run}", "lr=1"], "unknown key(s) ['lr']"),
+])
+def test_kdlab_eval_refuses_bad_input_in_one_line(args, expected, encoder_run, data_dir, tmp_path, capsys,
+                                                  monkeypatch):
+    run_dir, _ = encoder_run
+    monkeypatch.setenv("KDLAB_DATA_DIR", str(data_dir))
+    with pytest.raises(SystemExit) as exit_:
+        evaluate.main([a.format(tmp=tmp_path, run=run_dir) for a in args])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("kdlab: error: ") and expected in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not (run_dir / "student" / "eval.json").exists()
+
+
+def official_test_files(root: Path) -> None:
+    """Unlabelled test files in the benchmarks' own formats (the shared data has none)."""
+    (root / "glue" / "SST-2").mkdir(parents=True)
+    (root / "glue" / "SST-2" / "test.tsv").write_text(
+        "index\tsentence\n0\ta gorgeous , witty , seductive movie .\n1\tthe plot is nothing but boilerplate .\n"
+        "2\tit 's a charming and often affecting journey .\n")
+    (root / "superglue" / "BoolQ").mkdir(parents=True)
+    rows = [{"question": "is the sky blue", "passage": "The sky is blue on a clear day.", "idx": 0},
+            {"question": "do fish fly", "passage": "Fish swim in water.", "idx": 1}]
+    (root / "superglue" / "BoolQ" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_kdlab_predict_writes_leaderboard_files(encoder_run, tmp_path):
+    run_dir, _ = encoder_run
+    official_test_files(tmp_path / "data")
+    out = run_module("kdlab.predict", [run_dir, "dataset=glue/sst2", "--out", tmp_path / "sub"], tmp_path / "data")
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = (tmp_path / "sub" / "SST-2.tsv").read_text().splitlines()
+    assert lines[0] == "index\tprediction" and [line.split("\t")[0] for line in lines[1:]] == ["0", "1", "2"]
+    # the same predictions as the saved model loaded with transformers
+    model = AutoModelForSequenceClassification.from_pretrained(run_dir / "student").eval()
+    tok = AutoTokenizer.from_pretrained(run_dir / "student")
+    texts = [line.split("\t")[1] for line in (tmp_path / "data/glue/SST-2/test.tsv").read_text().splitlines()[1:]]
+    with torch.no_grad():
+        expected = model(**tok(texts, padding=True, return_tensors="pt")).logits.argmax(-1).tolist()
+    assert [int(line.split("\t")[1]) for line in lines[1:]] == expected
+    predict.main([str(run_dir), "dataset=superglue/boolq", f"dataset.data_dir={tmp_path / 'data'}",
+                  "--out", str(tmp_path / "sub")])
+    rows = [json.loads(line) for line in (tmp_path / "sub" / "BoolQ.jsonl").read_text().splitlines()]
+    assert [r["idx"] for r in rows] == [0, 1] and {r["label"] for r in rows} <= {"true", "false"}
+
+
+def test_kdlab_predict_names_the_missing_test_file(encoder_run, tmp_path, capsys):
+    run_dir, _ = encoder_run
+    official_test_files(tmp_path / "data")
+    with pytest.raises(SystemExit) as exit_:
+        predict.main([str(run_dir), "dataset=glue/rte", f"dataset.data_dir={tmp_path / 'data'}",
+                      "--out", str(tmp_path / "sub")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"expected {tmp_path / 'data' / 'glue' / 'RTE' / 'test.tsv'}" in err
+    assert not (tmp_path / "sub").exists()
+
+
+@pytest.mark.slow
+def test_a_distilled_student_teaches_the_next_run(encoder_run, tmp_path, data_dir, cache_dir):
+    """Teacher-assistant distillation: run 1's student is run 2's teacher (no fine-tuning:
+    it has the task's head); run 2 selects its best checkpoint and saves that one."""
+    run_dir, _ = encoder_run
+    second = tmp_path / "second"
+    shrunk_run("smoke", second, cache_dir, data_dir, "teacher=pretrained", f"teacher.path={run_dir}",
+               "student.layers=[1]", "trainer.select=best", "trainer.eval_strategy=steps", "trainer.eval_every=1")
+    res = json.loads((second / "results.json").read_text())
+    first = json.loads((run_dir / "results.json").read_text())
+    assert res["teacher"]["dev"] == first["student"]["dev"]  # the same model, scored again
+    assert res["teacher"]["params"] == first["student"]["params"] > res["student"]["params"]
+    phases = {json.loads(line).get("phase") for line in (second / "metrics.jsonl").read_text().splitlines()}
+    assert "teacher_finetune" not in phases
+    assert res["student"]["evaluations"] == 4
+    result = evaluate.evaluate(evaluate.parse([str(second)], "kdlab-eval"))
+    assert result["metrics"] == res["student"]["dev"]  # the selected checkpoint was saved
+    assert "teacher: pretrained (" in (second / "student" / "README.md").read_text()

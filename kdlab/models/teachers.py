@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from kdlab.config import TeacherConfig
 from kdlab.errors import ConfigError
 from kdlab.families.base import Family
@@ -19,7 +21,11 @@ def minilm(cfg: TeacherConfig, num_labels: int, cache_dir: str, family: Family) 
 
 @TEACHERS.register("pretrained")
 def pretrained(cfg: TeacherConfig, num_labels: int, cache_dir: str, family: Family) -> Loaded:
-    """A checkpoint from ``teacher.path``: a local directory or a hub id."""
+    """A checkpoint from ``teacher.path``: a local directory or a hub id; a kdlab run
+    directory means its ``student/`` (multi-step, teacher-assistant distillation)."""
     if not cfg.path:
         raise ConfigError("teacher=pretrained needs teacher.path=<local dir or hub id>")
-    return family.load(cfg.path, num_labels, key="teacher.path", reinit_head=cfg.force_finetune)
+    path, run = cfg.path, Path(cfg.path).expanduser()
+    if not (run / "config.json").is_file() and (run / "student" / "config.json").is_file():
+        path = str(run / "student")  # a run directory: its distilled student teaches the next one
+    return family.load(path, num_labels, key="teacher.path", reinit_head=cfg.force_finetune)
