@@ -139,6 +139,9 @@ class HardwareConfig:
     precision: str = "fp32"  # "fp32" | "bf16" | "fp16"
     num_threads: Optional[int] = None  # torch intra-op threads on CPU (None: torch default)
     distributed: bool = False  # DDP across the processes started by torchrun / accelerate
+    # the student's training forward through torch.compile (eager, after one warning, where
+    # the platform cannot compile); evaluation and checkpoints use the plain module
+    compile: bool = False
 
 
 @dataclass

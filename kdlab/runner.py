@@ -164,6 +164,7 @@ class Experiment:
             self.device, self.precision, teacher_outputs=outputs,
             evaluate=lambda m: self.evaluate(m, evals), metric=self.task.metric,
             checkpoint_dir=ckpt_dir, resume=resume_dir is not None, meta=meta,
+            compile=self.cfg.hardware.compile,
         )
         return student, result
 

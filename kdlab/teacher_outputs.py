@@ -3,9 +3,9 @@
 The teacher is frozen during distillation, so its logits on a list of examples are a pure
 function of (teacher, tokenizer, the examples' content and order, encoding, precision):
 ``kdlab.cache_keys.teacher_outputs``. They are computed in one pass and saved as
-``<cache_dir>/teacher_outputs/<key>.npy`` (float32 ``[N, C]``), then read by row index for
-each shuffled batch; every epoch, run and sweep member with the same key reuses them. Any
-change in the key's parts gives a new file.
+``<cache_dir>/teacher_outputs/<key>.npy`` (float32 ``[N, C]``), then copied once to the
+training device and indexed by row for each shuffled batch; every epoch, run and sweep
+member with the same key reuses them. Any change in the key's parts gives a new file.
 
 Only classification-sized outputs (``[N, C]``) are cached; token-level ``[N, T, V]``
 logits are computed live.
@@ -76,14 +76,22 @@ def cached(path: Path, make: Callable[[], np.ndarray]) -> np.ndarray:
 
 
 class CachedTeacher:
-    """``teacher_outputs(batch)`` backed by the stored logits (rows picked by ``index``)."""
+    """``teacher_outputs(batch)`` backed by the stored logits (rows picked by ``index``).
+
+    The ``[N, C]`` table (classification outputs: a few MB) is copied once to the device
+    of the batch and indexed there, so a batch on the GPU never waits for a copy of its
+    indices back to the host."""
 
     def __init__(self, logits: np.ndarray) -> None:
         self.logits = logits
+        self._tables: Dict[torch.device, torch.Tensor] = {}
 
     def __call__(self, batch: Dict[str, torch.Tensor]) -> Outputs:
-        rows = np.asarray(self.logits[batch["index"].cpu().numpy()])
-        return Outputs(torch.from_numpy(rows).to(batch["index"].device))
+        index = batch["index"]  # [B]
+        table = self._tables.get(index.device)
+        if table is None:
+            table = self._tables[index.device] = torch.from_numpy(np.array(self.logits)).to(index.device)
+        return Outputs(table[index])  # [B, C]
 
 
 class LiveTeacher:

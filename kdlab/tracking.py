@@ -12,7 +12,9 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
+
+import torch
 
 from kdlab.config import LoggerConfig
 from kdlab.errors import ConfigError
@@ -103,6 +105,32 @@ class Tracker:
         if self._wandb is not None:
             self._wandb.finish(exit_code=exit_code)
             self._wandb = None
+
+
+class DeviceMeans:
+    """Means of a fixed list of scalar tensors over a logging window, summed on their
+    device and read with one host transfer when logged, so that steps between logs never
+    wait for the device (``tensor.item()`` per step would)."""
+
+    def __init__(self) -> None:
+        self.names: List[str] = []
+        self.sums: Optional[torch.Tensor] = None  # [K]
+        self.count: Optional[torch.Tensor] = None  # scalar: the values added (kept ones)
+
+    def add(self, names: List[str], values: torch.Tensor, keep: torch.Tensor) -> None:
+        """Add ``values [K]`` (named ``names``) where ``keep`` (a bool scalar) is true."""
+        if self.sums is None:
+            self.names, self.sums, self.count = list(names), torch.zeros_like(values), values.new_zeros(())
+        self.sums = self.sums + torch.where(keep, values, 0.0)
+        self.count = self.count + keep
+
+    def means(self) -> Dict[str, float]:
+        """The window's means (NaN for a window with nothing kept), then a fresh window."""
+        if self.sums is None:
+            return {}
+        *sums, count = torch.cat([self.sums, self.count[None]]).tolist()
+        self.sums, self.count = torch.zeros_like(self.sums), torch.zeros_like(self.count)
+        return {k: (s / count if count else math.nan) for k, s in zip(self.names, sums, strict=True)}
 
 
 class NullTracker(Tracker):

@@ -216,3 +216,194 @@ def test_throughput_is_the_last_logging_window(tracker, monkeypatch):
     rows = [json.loads(line) for line in (tracker.run_dir / "metrics.jsonl").read_text().splitlines()]
     rates = [(r["test/samples_per_s"], r["test/samples_per_s_cumulative"]) for r in rows if "test/samples_per_s" in r]
     assert rates == [pytest.approx((16 / 11, 16 / 11)), pytest.approx((16 / 2, 32 / 13))]
+
+
+# -- the hot path: no host synchronisation between logging steps ---------------------------
+
+SYNCS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__")
+
+
+class Offset(torch.nn.Module):
+    """A distillation term without host synchronisation: mean squared logit difference."""
+
+    temperature = 1.0
+
+    def forward(self, s, t, mask=None):
+        return ((s - t) ** 2).mean()
+
+
+def syncs_per_step(monkeypatch, tracker, objective, teacher=None, steps=6, **kw):
+    """Run ``steps`` optimiser steps logging only at the last; returns the number of
+    host-synchronising tensor calls made in each step before it (from its forward to the
+    next step's forward)."""
+    counts = []
+
+    class Marking:
+        def __getattr__(self, name):
+            return getattr(FAMILY, name)
+
+        def forward(self, model, batch):
+            counts.append(0)
+            return FAMILY.forward(model, batch)
+
+    # The model's own check (transformers' SDPA mask: skipped when nothing is padded, which
+    # it asks with ``mask.all()``) is the same in any loop; it is not the trainer's.
+    monkeypatch.setattr("transformers.masking_utils._ignore_bidirectional_mask_sdpa", lambda *a, **k: False)
+    for name in SYNCS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _original=original, **k):
+            if counts:
+                counts[-1] += 1
+            return _original(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    train(tiny_model(), ToyData(), Marking(), objective, settings(max_steps=steps, batch_size=4, log_every=1000, **kw),
+          tracker, "test", torch.device("cpu"), teacher_outputs=teacher)
+    monkeypatch.undo()
+    return counts[:-1]  # the last step logs
+
+
+@pytest.mark.parametrize("on_nan", ["stop", "skip"])
+def test_steps_between_logs_do_not_synchronise(monkeypatch, tracker, on_nan):
+    """Fine-tuning, and distillation from cached teacher outputs: no ``.item()``,
+    ``float(t)``, ``bool(t)``, ``.tolist()``, ``.cpu()`` between logging steps."""
+    from kdlab.teacher_outputs import CachedTeacher
+
+    logits = FAMILY.forward(tiny_model(seed=1).eval(), ToyData().collate(list(range(32)))).logits.detach().numpy()
+    assert syncs_per_step(monkeypatch, tracker, fine_tune_objective(), on_nan=on_nan) == [0] * 5
+    kd = Objective(0.5, [Term("offset", 0.5, Offset())])
+    assert syncs_per_step(monkeypatch, tracker, kd, CachedTeacher(logits), on_nan=on_nan) == [0] * 5
+
+
+def test_the_sync_count_sees_a_synchronisation(monkeypatch, tracker):
+    """The count above is not vacuous: a term calling ``.item()`` is seen at every step."""
+
+    class Syncing(Offset):
+        def forward(self, s, t, mask=None):
+            out = super().forward(s, t)
+            out.item()
+            return out
+
+    teacher_model = tiny_model(seed=1).eval()
+    objective = Objective(0.5, [Term("offset", 0.5, Syncing())])
+    counts = syncs_per_step(monkeypatch, tracker, objective, lambda b: FAMILY.forward(teacher_model, b))
+    assert counts == [1] * 5
+
+
+class Counting(torch.nn.Module):
+    """A term whose value is its call number (1, 2, ...), NaN on call ``nan_at``."""
+
+    temperature = 1.0
+
+    def __init__(self, nan_at=0):
+        super().__init__()
+        self.calls, self.nan_at = 0, nan_at
+
+    def forward(self, s, t, mask=None):
+        self.calls += 1
+        return s.sum() * 0.0 + (math.nan if self.calls == self.nan_at else float(self.calls))
+
+
+def _rows(tracker):
+    import json
+
+    return [json.loads(line) for line in (tracker.run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_logged_terms_are_means_over_the_logging_window(tracker):
+    objective = Objective(0.0, [Term("count", 1.0, Counting())])
+    train(tiny_model(), ToyData(), FAMILY, objective, settings(max_steps=4, batch_size=4, log_every=2), tracker,
+          "test", torch.device("cpu"), teacher_outputs=lambda b: FAMILY.forward(tiny_model(1), b))
+    assert [r["test/count"] for r in _rows(tracker)] == [1.5, 3.5]
+
+
+def test_nan_stop_is_reported_at_the_next_logging_step(tracker):
+    """stop: the flagged step is named when the flags are read (the next logging step);
+    the step itself changed nothing, so the weights stay finite."""
+    model = tiny_model()
+    objective = Objective(1.0, [Term("bad", 1.0, Counting(nan_at=2))])
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at step 2 \(ce=.*bad=nan, loss=nan\)"):
+        train(model, ToyData(), FAMILY, objective, settings(max_steps=6, batch_size=4, log_every=4), tracker,
+              "test", torch.device("cpu"), teacher_outputs=lambda b: FAMILY.forward(tiny_model(1), b))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert _rows(tracker) == []  # raised before logging step 4
+
+
+def _reference(batches):
+    """``tiny_model`` after fused AdamW steps on the trainer's batches ``batches`` (indices
+    into its first epoch) under the trainer's 3-step linear schedule."""
+    model, data = tiny_model(), ToyData()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, eps=1e-8, fused=True)
+    order = torch.randperm(32, generator=torch.Generator().manual_seed(0)).tolist()
+    for i in batches:
+        batch = data.collate(order[4 * i:4 * i + 4])
+        torch.nn.functional.cross_entropy(FAMILY.forward(model, batch).logits, batch["labels"]).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        for g in opt.param_groups:
+            g["lr"] = 1e-3 * (1 - i / 3)
+        opt.step()
+        opt.zero_grad()
+    return model
+
+
+def test_nan_skip_leaves_the_step_out_on_the_device(tracker, caplog):
+    """skip: the flagged step leaves weights and AdamW's state untouched: the run equals
+    fused AdamW on batches 1 and 3 alone (the skipped step still counts in the schedule)."""
+    objective = Objective(1.0, [Term("bad", 1.0, Counting(nan_at=2))])
+    skipped = tiny_model()
+    result = train(skipped, ToyData(), FAMILY, objective, settings(max_steps=3, batch_size=4, on_nan="skip",
+                   log_every=1000), tracker, "test", torch.device("cpu"),
+                   teacher_outputs=lambda b: FAMILY.forward(tiny_model(1), b))
+    assert result.steps == 3 and result.skipped_steps == 1
+    assert "non-finite loss (ce=" in caplog.text and "step 2" in caplog.text
+
+    def close(a, b):  # Adam's normalised updates amplify rounding: 2e-5 between equal runs here
+        return all(torch.allclose(pa, pb, atol=1e-4) for pa, pb in zip(a.parameters(), b.parameters(), strict=True))
+
+    assert close(skipped, _reference([0, 2]))
+    assert not close(skipped, _reference([0, 1, 2]))  # one more update is visible
+
+
+# -- hardware.compile ---------------------------------------------------------------------
+
+def _losses(tracker):
+    return [r["test/loss"] for r in _rows(tracker) if "test/loss" in r]
+
+
+def test_compile_that_fails_warns_once_and_trains_eagerly(tmp_path, monkeypatch, caplog):
+    """A platform that cannot compile: one warning, then the eager forward, same result."""
+    calls = []
+
+    def broken_compile(module, **kw):
+        def run(*a, **k):
+            calls.append(1)
+            raise RuntimeError("no C++ compiler found\nmore detail")
+        return run
+
+    trackers = [Tracker(LoggerConfig(backend="none", mode="disabled"), tmp_path / name, {}) for name in ("e", "c")]
+    eager, compiled = tiny_model(), tiny_model()
+    train(eager, ToyData(), FAMILY, fine_tune_objective(), settings(max_steps=3), trackers[0], "test",
+          torch.device("cpu"))
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    train(compiled, ToyData(), FAMILY, fine_tune_objective(), settings(max_steps=3), trackers[1], "test",
+          torch.device("cpu"), compile=True)
+    assert len(calls) == 1 and caplog.text.count("torch.compile failed on this platform (RuntimeError: "
+                                                 "no C++ compiler found)") == 1
+    for pa, pb in zip(eager.parameters(), compiled.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+
+
+@pytest.mark.slow
+def test_compile_gives_the_eager_losses(tmp_path, caplog):
+    """torch.compile of the student (inductor, C++ on CPU): the same losses as eager, and
+    the module's own state dict (no ``_orig_mod.`` prefix)."""
+    trackers = [Tracker(LoggerConfig(backend="none", mode="disabled"), tmp_path / name, {}) for name in ("e", "c")]
+    eager, compiled = tiny_model(), tiny_model()
+    for model, tr, flag in ((eager, trackers[0], False), (compiled, trackers[1], True)):
+        train(model, ToyData(), FAMILY, fine_tune_objective(), settings(max_steps=4), tr, "test",
+              torch.device("cpu"), compile=flag)
+        tr.finish()
+    assert "torch.compile failed" not in caplog.text  # it compiled (2 minutes here)
+    assert _losses(trackers[1]) == pytest.approx(_losses(trackers[0]), rel=1e-4, abs=1e-5)
+    assert list(compiled.state_dict()) == list(eager.state_dict())
