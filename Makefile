@@ -44,6 +44,11 @@ bench: $(INSTALLED)  ## divergence, trainer and method benchmarks (measured figu
 clean:
 	rm -rf outputs multirun .pytest_cache
 
+.PHONY: bench-gpu
+bench-gpu:  ## on a CUDA machine: the GPU tests, then kdlab's student step against a plain PyTorch loop (ratios)
+	$(BIN)/pytest -q -m gpu -rs
+	$(BIN)/python scripts/bench_gpu.py --device cuda
+
 # -- SinKD tables (docs/reproducing.md): one Hydra multirun per table, then kdlab-table ------
 # Every invocation sweeps into a fresh directory, so a rerun never mixes with stale results.
 # The table is written even when some jobs failed (they show as gaps); make then fails.

@@ -23,6 +23,7 @@ the check have run. Under fp16 the gradient scaler decides the skip from the gra
 from __future__ import annotations
 
 import logging
+import math
 from typing import Dict, List, Optional
 
 import torch
@@ -32,7 +33,6 @@ from kdlab import distributed
 log = logging.getLogger(__name__)
 
 ON_NAN = ("stop", "skip")
-LOSS, GRADIENT = 1, 2  # what was non-finite at the first flagged step
 
 
 class NonFiniteGuard:
@@ -44,10 +44,8 @@ class NonFiniteGuard:
         self.policy, self.phase, self.device = policy, phase, device
         self.names: Optional[List[str]] = None
         self.pending = torch.zeros((), dtype=torch.bool, device=device)  # this accumulation
-        self.pending_kind = torch.zeros((), dtype=torch.long, device=device)
         self.skipped = torch.zeros((), dtype=torch.long, device=device)  # since the start
         self.first_step = torch.full((), -1, dtype=torch.long, device=device)  # since the last check
-        self.first_kind = torch.zeros((), dtype=torch.long, device=device)
         self.step_parts: Optional[torch.Tensor] = None  # [K] parts of the first bad micro-batch
         self.first_parts: Optional[torch.Tensor] = None  # [K] parts at first_step
 
@@ -61,7 +59,6 @@ class NonFiniteGuard:
         finite = torch.isfinite(values[self.names.index("loss")])
         # keep the first bad micro-batch of this accumulation, else the latest
         self.step_parts = torch.where(self.pending, self.step_parts, values)
-        self.pending_kind = torch.where(self.pending | finite, self.pending_kind, LOSS)
         self.pending = self.pending | ~finite
         return values, finite
 
@@ -74,10 +71,8 @@ class NonFiniteGuard:
             flag = found.to(torch.int32)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             found = flag.bool()
-        kind = torch.where(self.pending, self.pending_kind, GRADIENT)
         new = found & (self.first_step < 0)
         self.first_step = torch.where(new, step, self.first_step)
-        self.first_kind = torch.where(new, kind, self.first_kind)
         self.first_parts = torch.where(new, self.step_parts, self.first_parts)
         self.skipped = self.skipped + found
         self.pending = torch.zeros_like(self.pending)
@@ -89,14 +84,15 @@ class NonFiniteGuard:
     def check(self) -> int:
         """Read the flags (one host transfer): raise under ``stop``, warn under ``skip``;
         returns the number of steps skipped since the start."""
-        first_step, kind, skipped, *parts = torch.cat([
-            torch.stack([self.first_step, self.first_kind, self.skipped]).double(),
+        first_step, skipped, *parts = torch.cat([
+            torch.stack([self.first_step, self.skipped]).double(),
             (self.first_parts if self.first_parts is not None else self.skipped.new_zeros(0)).double(),
         ]).tolist()
         if first_step < 0:
             return int(skipped)
         self.first_step = torch.full_like(self.first_step, -1)
-        what = "loss" if kind == LOSS else "gradient norm"
+        loss = parts[self.names.index("loss")] if self.names else math.nan
+        what = "gradient norm" if math.isfinite(loss) else "loss"  # a finite loss: its gradient was not
         detail = ", ".join(f"{k}={v:.4g}" for k, v in zip(self.names or [], parts, strict=True))
         if self.policy == "stop":
             raise FloatingPointError(
