@@ -11,7 +11,8 @@ from kdlab.cache_keys import examples_digest
 
 PACKAGES = ("torch", "transformers", "hydra-core", "omegaconf", "datasets", "geomloss", "pykeops", "wandb")
 # Keys that may change between a run and its resumption.
-RESUME_FREE = ("trainer.resume", "trainer.progress", "output_dir", "logger", "hardware.num_threads")
+RESUME_FREE = ("trainer.resume", "trainer.progress", "output_dir", "logger", "hardware.num_threads",
+               "hardware.compile")  # compile: the same computation, up to float rounding
 
 
 def git_commit() -> str | None:

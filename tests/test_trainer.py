@@ -407,3 +407,12 @@ def test_compile_gives_the_eager_losses(tmp_path, caplog):
     assert "torch.compile failed" not in caplog.text  # it compiled (2 minutes here)
     assert _losses(trackers[1]) == pytest.approx(_losses(trackers[0]), rel=1e-4, abs=1e-5)
     assert list(compiled.state_dict()) == list(eager.state_dict())
+
+
+def test_a_run_may_resume_with_compile_switched():
+    """hardware.compile changes how, not what, is computed: not a different configuration."""
+    from kdlab.metadata import config_for_resume
+
+    run = {"hardware": {"device": "cpu", "compile": False}, "trainer": {"lr": 1e-3}}
+    assert config_for_resume(run) == config_for_resume({**run, "hardware": {"device": "cpu", "compile": True}})
+    assert config_for_resume(run) != config_for_resume({**run, "trainer": {"lr": 1e-4}})
