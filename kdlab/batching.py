@@ -41,6 +41,34 @@ class EncodedDataset(torch.utils.data.Dataset):
         return {**batch, "labels": labels, "index": index}
 
 
+class WithTransfer(torch.utils.data.Dataset):
+    """Labelled examples followed by transfer examples (no gold label), one dataset.
+
+    Both parts are datasets of one family built with one tokenizer; items and batches are
+    theirs, with ``index`` counted over the whole and ``has_label`` ``[B]`` bool added:
+    False for transfer examples, whatever their ``labels`` hold. Cross-entropy and
+    label-based terms read only the rows where it is True.
+    """
+
+    def __init__(self, labelled: Any, transfer: Any) -> None:
+        self.parts = (labelled, transfer)
+        self.n_labelled = len(labelled)
+        self.labels = torch.cat([torch.as_tensor(labelled.labels), torch.as_tensor(transfer.labels)])
+        self.examples = list(labelled.examples) + list(transfer.examples)
+
+    def __len__(self) -> int:
+        return self.n_labelled + len(self.parts[1])
+
+    def __getitem__(self, i: int) -> Dict[str, Any]:
+        labelled = i < self.n_labelled
+        item = self.parts[0][i] if labelled else self.parts[1][i - self.n_labelled]
+        return {**item, "index": i, "has_label": labelled}
+
+    def collate(self, rows: List[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
+        has_label = torch.tensor([r.pop("has_label") for r in rows], dtype=torch.bool)
+        return {**self.parts[0].collate(rows), "has_label": has_label}
+
+
 TEACHER_PREFIX = "teacher."
 
 

@@ -134,6 +134,34 @@ class DatasetConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Rules of ``transfer=augment`` (Tang et al. 2019's augmented transfer set, without the
+    POS-guided substitution that needs a tagger). Applied to each text of an example
+    (both sentences of a pair) on whitespace-separated words, in this order."""
+
+    copies: int = 4  # augmented copies of each labelled example
+    mask_prob: float = 0.1  # per word: replaced by the teacher tokenizer's mask (or unknown) token
+    dropout_prob: float = 0.1  # per word: deleted (a text keeps at least one word)
+    swap_prob: float = 0.1  # per adjacent pair, left to right: the two words swap places
+    ngram_prob: float = 0.25  # per text: replaced by one of its n-grams, n uniform in 1..ngram_max
+    ngram_max: int = 5
+
+
+@dataclass
+class TransferConfig:
+    """Transfer data: examples without gold labels that the student learns from the
+    teacher only (cross-entropy and label-based terms skip them; the baseline student and
+    the teacher's fine-tuning never see them)."""
+
+    name: str = "none"  # "none" | "unlabelled" | "augment" | "files"
+    # at most this many transfer examples (None: all there are); unlabelled: rows of the
+    # train split beyond the labelled ones, drawn under ``seed``
+    max_samples: Optional[int] = None
+    files: List[str] = field(default_factory=list)  # for "files": .tsv / .jsonl in the task's format, or .txt
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
 class HardwareConfig:
     device: str = "cpu"  # "cpu" | "cuda"
     precision: str = "fp32"  # "fp32" | "bf16" | "fp16"
@@ -194,6 +222,7 @@ class Config:
     hardware: HardwareConfig = MISSING
     trainer: TrainerConfig = MISSING
     logger: LoggerConfig = MISSING
+    transfer: TransferConfig = MISSING
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     seed: int = 0
     # Where fine-tuned teachers and the extracted MiniLM live; shared across runs.

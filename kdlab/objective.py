@@ -128,7 +128,11 @@ class Objective(torch.nn.Module):
         supervised: torch.Tensor,  # the family's loss on gold labels (float32 scalar)
         teacher: Optional[Outputs] = None,
         labels: Optional[torch.Tensor] = None,  # gold labels [B], for terms with needs_labels
+        has_label: Optional[torch.Tensor] = None,  # [B] bool: False on transfer examples (no gold label)
     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """The weighted sum and each term. ``supervised`` is already averaged over the
+        labelled examples (the family reads ``has_label``); terms that read gold labels see
+        only the rows where ``has_label`` is True; every other term sees the whole batch."""
         z_s = student.logits.float()
         parts: Dict[str, torch.Tensor] = {}
         total = z_s.new_zeros(())
@@ -141,7 +145,7 @@ class Objective(torch.nn.Module):
             z_t = teacher.logits.float().detach()
             for term in self.terms:
                 if term.weight > 0:
-                    value = self._term(term.module, student, teacher, z_s, z_t, labels)
+                    value = self._term(term.module, student, teacher, z_s, z_t, labels, has_label)
                     parts[term.name] = value
                     total = total + term.weight * value
         parts["loss"] = total
@@ -149,17 +153,23 @@ class Objective(torch.nn.Module):
 
     @staticmethod
     def _term(module: torch.nn.Module, student: Outputs, teacher: Outputs, z_s: torch.Tensor,
-              z_t: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
+              z_t: torch.Tensor, labels: Optional[torch.Tensor], has_label: Optional[torch.Tensor]) -> torch.Tensor:
         if isinstance(module, LayerMatch):
             return module(student, teacher)
         kw = {}
+        mask = student.mask
         if getattr(module, "needs_labels", False):
             if labels is None:
                 raise ValueError(f"{type(module).__name__} needs gold labels; the objective got none")
+            if has_label is not None:  # class logits [B, C] (label terms are encoder-only)
+                if not bool(has_label.any()):
+                    return z_s.sum() * 0.0
+                z_s, z_t, labels = z_s[has_label], z_t[has_label], labels[has_label]
+                mask = None if mask is None else mask[has_label]
             kw["labels"] = labels
         if getattr(module, "needs_teacher_mask", False):  # each model's own answer span (ULD)
             kw["teacher_mask"] = teacher.mask
-        return module(z_s, z_t, mask=student.mask, **kw)
+        return module(z_s, z_t, mask=mask, **kw)
 
 
 def check_unique_names(terms: Sequence[Term]) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -27,9 +28,10 @@ from omegaconf import OmegaConf
 from transformers import set_seed
 
 from kdlab import cache_keys, checkpoint, distributed, products, teacher_cache, teacher_outputs
-from kdlab.batching import PairedDataset
+from kdlab.batching import PairedDataset, WithTransfer, loader
 from kdlab.config import Config
 from kdlab.data import get_task, load_split, score
+from kdlab.data import transfer as transfer_data
 from kdlab.errors import ConfigError
 from kdlab.evaluate import split_metrics
 from kdlab.families import get_family
@@ -77,6 +79,26 @@ class Experiment:
         d = self.cfg.dataset
         return load_split(self.task.name, split, data_dir=d.data_dir, max_samples=max_samples, seed=seed,
                           stratified=d.stratified, on_bad_row=d.on_bad_row)
+
+    def transfer_inputs(self, labelled: List[Any]) -> Any:
+        """Read and check the transfer data now, before any model is loaded; returns a
+        function of the teacher's tokenizer giving the transfer examples."""
+        if not transfer_data.enabled(self.cfg):
+            return lambda tokenizer: []
+        ft = self.cfg.teacher.finetune
+        teacher_rows = [] if ft.max_train_samples is None else self.examples("train", ft.max_train_samples, ft.seed)
+        return transfer_data.prepare(self.cfg, labelled, teacher_rows)
+
+    def transfer_dataset(self, teacher: Loaded, tokenizer: Any, examples: List[Any]) -> Any:
+        """The transfer examples tokenised by ``tokenizer``. The token families are
+        teacher-forced on an answer: a transfer example's is the teacher's choice (rank
+        classification), which the student is distilled on but never supervised with."""
+        if self.family.name != "encoder":
+            placeholder = self.encode(teacher.tokenizer, [replace(ex, label=0) for ex in examples])
+            choice = self.family.predictions(teacher.model, loader(placeholder, self.cfg.trainer.eval_batch_size),
+                                             self.device, self.precision)
+            examples = [replace(ex, label=int(c)) for ex, c in zip(examples, choice, strict=True)]
+        return self.encode(tokenizer, examples)
 
     def encode(self, tokenizer: Any, examples: List[Any]) -> Any:
         return self.family.dataset(tokenizer, examples, self.task, self.cfg.dataset,
@@ -245,7 +267,7 @@ def run(cfg: Config) -> Dict[str, Any]:
     """Run the experiment of ``cfg``; returns the contents of ``results.json``."""
     start = time.perf_counter()
     validate(cfg)
-    build_objective(cfg)  # fails on bad terms before loading anything
+    transfer_data.check(cfg, build_objective(cfg))  # fails on bad terms before loading anything
     transformers.logging.set_verbosity_error()  # load reports of fresh heads are expected here
     transformers.logging.disable_progress_bar()
     if cfg.hardware.num_threads:
@@ -266,19 +288,30 @@ def run(cfg: Config) -> Dict[str, Any]:
         # Data first: a missing or malformed file fails before any model is loaded.
         train_examples = exp.examples("train", cfg.dataset.max_train_samples, cfg.seed)
         eval_examples = {s: exp.examples(s, cfg.dataset.max_eval_samples, cfg.seed) for s in task.eval_splits}
+        make_transfer = exp.transfer_inputs(train_examples)
         teacher = exp.teacher()
         exp.family.bind_tokenizer(teacher.model, teacher.tokenizer)
         train_ds = exp.encode(teacher.tokenizer, train_examples)
         evals = {split: exp.encode(teacher.tokenizer, ex) for split, ex in eval_examples.items()}
         # A student with a tokenizer of its own (ULD; encoder class logits) reads its own
         # tokenisation of the same examples; in distillation, paired with the teacher's.
-        s_train, s_evals, distill_ds = train_ds, evals, train_ds
+        s_train, s_evals = train_ds, evals
+        # Transfer examples (no gold label) join the distilled student's data only.
+        transfer_examples = make_transfer(teacher.tokenizer)
+        t_distill = train_ds
+        if transfer_examples:
+            t_distill = WithTransfer(train_ds, exp.transfer_dataset(teacher, teacher.tokenizer, transfer_examples))
+        distill_ds = t_distill
         if not same_tokenizer(teacher.tokenizer, exp.student_tokenizer):
             s_train = exp.encode(exp.student_tokenizer, train_examples)
             s_evals = {split: exp.encode(exp.student_tokenizer, ex) for split, ex in eval_examples.items()}
-            distill_ds = PairedDataset(s_train, train_ds)
+            s_distill = s_train if not transfer_examples else WithTransfer(
+                s_train, exp.transfer_dataset(teacher, exp.student_tokenizer, transfer_examples))
+            distill_ds = PairedDataset(s_distill, t_distill)
         teacher_hash = cache_keys.weights_digest(teacher.model)
         meta = {**run_metadata(train_examples, teacher_hash), "world_size": distributed.world_size()}
+        if transfer_examples:
+            meta["transfer_data_sha256"] = cache_keys.examples_digest(transfer_examples)[:16]
         tracker.summary({"meta": meta})
         ckpt_meta = {"config": config_for_resume(resolved), "wandb_id": tracker.run_id}
         results: Dict[str, Any] = {"task": task.name, "metric": task.metric}
@@ -295,7 +328,8 @@ def run(cfg: Config) -> Dict[str, Any]:
             results["baseline_student"] = {"name": cfg.student.name, "params": count_params(base.model),
                                            **summarise(base_result, cfg.trainer.select)}
             students["baseline_student"] = base
-        outputs = exp.teacher_outputs(teacher, teacher_hash, train_ds, train_examples)
+        # the teacher's logits on labelled then transfer rows (the order of t_distill)
+        outputs = exp.teacher_outputs(teacher, teacher_hash, t_distill, train_examples + transfer_examples)
         student, result = exp.fit_student(teacher, distill_ds, s_evals, "student", outputs=outputs,
                                           resume_dir=resume_from, meta=ckpt_meta)
         if not distributed.is_main():  # rank 0 alone reports
@@ -303,6 +337,8 @@ def run(cfg: Config) -> Dict[str, Any]:
             return {}
         results["student"] = {"name": cfg.student.name, "params": count_params(student.model),
                               **summarise(result, cfg.trainer.select)}
+        if transfer_examples:
+            results["transfer"] = {"name": cfg.transfer.name, "examples": len(transfer_examples)}
         results.update(divergence=cfg.divergence.name, seed=cfg.seed, steps=result.steps,
                        wall_seconds=round(time.perf_counter() - start, 2), config=resolved, meta=meta)
         students["student"] = student

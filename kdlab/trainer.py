@@ -245,7 +245,8 @@ def train(
             teacher = teacher_outputs(batch) if objective.needs_teacher else None
             with autocast(device, precision):
                 out = family.forward(train_model, batch)
-            loss, parts = objective(out, family.supervised_loss(out, batch), teacher, labels=batch["labels"])
+            loss, parts = objective(out, family.supervised_loss(out, batch), teacher, labels=batch["labels"],
+                                    has_label=batch.get("has_label"))
             epoch_batches += 1
             values, finite = guard.micro_batch(parts)  # no host synchronisation
             window.add(list(parts), values, finite)

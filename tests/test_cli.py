@@ -10,7 +10,8 @@ from tests.conftest import run_cli
 def test_help_lists_every_group():
     out = run_cli(["--help"])
     assert out.returncode == 0, out.stderr
-    for group in ("teacher", "student", "divergence", "dataset", "hardware", "trainer", "logger", "experiment"):
+    for group in ("teacher", "student", "divergence", "dataset", "hardware", "trainer", "logger", "transfer",
+                  "experiment"):
         assert f"{group}:" in out.stdout
     assert "sinkhorn" in out.stdout and "glue/sst2" in out.stdout
 

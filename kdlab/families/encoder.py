@@ -50,8 +50,16 @@ class EncoderFamily(Family):
         return Outputs(out.logits, **feats)  # [B, C]
 
     def supervised_loss(self, out: Outputs, batch: Batch) -> torch.Tensor:
-        z = out.logits.float()
-        labels = batch["labels"]
+        """Mean loss over the examples with a gold label (``has_label``; all without it).
+        Transfer rows are removed before any arithmetic: they get exactly zero gradient from
+        it, and a batch without a labelled row gives 0."""
+        z = out.logits.float()  # [B, C]
+        labels = batch["labels"]  # [B]
+        keep = batch.get("has_label")  # [B] bool, present when the data has transfer examples
+        if keep is not None:
+            z, labels = z[keep], labels[keep]
+            if z.shape[0] == 0:
+                return out.logits.sum() * 0.0
         if labels.is_floating_point():  # regression (STS-B): one output, MSE
             return F.mse_loss(z.squeeze(-1), labels)
         return F.cross_entropy(z, labels)

@@ -141,5 +141,11 @@ class TokenFamily(Family):
         return self.dataset_class(tokenizer, examples, task, dataset_cfg)
 
     def supervised_loss(self, out: Any, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
-        return token_cross_entropy(out.logits, batch["target_ids"], out.mask)
+        """Token cross-entropy on the answers of examples with a gold label (``has_label``);
+        a transfer example's answer is the teacher's choice, distilled but not supervised."""
+        mask = out.mask  # [B, T]
+        keep = batch.get("has_label")  # [B] bool, present when the data has transfer examples
+        if keep is not None:
+            mask = mask & keep[:, None]
+        return token_cross_entropy(out.logits, batch["target_ids"], mask)
 
