@@ -1,6 +1,6 @@
 """End to end with transfer data, shrunk: the distilled student trains on labelled plus
 transfer rows, the baseline student on the labelled rows only, and the teacher's outputs
-on both go through the teacher-output cache."""
+on both go through the teacher-output cache. Slow (CLI runs): `make test-slow`."""
 
 import json
 
@@ -21,6 +21,7 @@ def run(tmp_path, data_dir, *args):
     return json.loads((tmp_path / "run" / "results.json").read_text())
 
 
+@pytest.mark.slow
 def test_unlabelled_transfer_reaches_the_distilled_student_only(tmp_path, data_dir):
     res = run(tmp_path, data_dir, "experiment=smoke", "transfer=unlabelled", "transfer.max_samples=32",
               "trainer.baseline_student=true")
