@@ -57,8 +57,7 @@ def check(cfg: Any, objective: Any) -> None:
                           "is supported for classification tasks only (the teacher's class distribution "
                           "is what the student learns on it)")
     if task.train_split is None:
-        raise ConfigError(f"transfer={tr.name}: dataset={task.name} has no train split "
-                          f"(it is evaluated with {task.train_task or 'another task'}'s models)")
+        raise ConfigError(f"transfer={tr.name}: dataset={task.name} has no train split")
     if tr.max_samples is not None and tr.max_samples <= 0:
         raise ConfigError(f"transfer.max_samples={tr.max_samples}: must be positive or null")
     if tr.name == "unlabelled" and cfg.dataset.max_train_samples is None:
@@ -79,7 +78,9 @@ def check(cfg: Any, objective: Any) -> None:
 
 
 def _train_format(task: TaskSpec) -> Any:
-    return task.split_file("train").format
+    """The format of the rows the task trains on (a diagnostic set's: its train task's)."""
+    source = get_task(task.train_task) if task.train_task else task
+    return source.split_file("train").format
 
 
 def single_sentence(task: TaskSpec) -> bool:

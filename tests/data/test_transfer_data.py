@@ -154,7 +154,6 @@ def test_bad_jsonl_line_is_named(tmp_path):
 
 @pytest.mark.parametrize("overrides, pattern", [
     (["dataset=glue/stsb", "transfer=unlabelled", "dataset.max_train_samples=10"], "regression task"),
-    (["dataset=glue/ax", "transfer=augment"], "no train split"),
     (["transfer=unlabelled"], r"dataset.max_train_samples=null"),
     (["transfer=unlabelled", "dataset.max_train_samples=10", "objective.alpha=0", "divergence=none"],
      "no weighted objective term learns from the teacher"),
@@ -170,6 +169,15 @@ def test_config_refusals(overrides, pattern):
     cfg = compose_config(["output_dir=/tmp/x", *overrides])
     with pytest.raises(ConfigError, match=pattern):
         tr.check(cfg, build_objective(cfg))
+
+
+def test_a_diagnostic_set_reads_transfer_files_in_its_train_task_format(tmp_path):
+    cfg = compose_config(["output_dir=/tmp/x", "dataset=glue/ax", "transfer=files", "transfer.files=[a.tsv]"])
+    tr.check(cfg, build_objective(cfg))
+    path = tmp_path / "a.tsv"
+    path.write_text("sentence1\tsentence2\nA man sleeps.\tNobody sleeps.\n")  # MNLI's columns
+    (ex,) = tr.read_file(tr.get_task("glue/ax"), path)
+    assert (ex.text_a, ex.text_b, ex.label) == ("A man sleeps.", "Nobody sleeps.", NO_LABEL)
 
 
 def test_label_terms_alone_are_refused_with_transfer_data():
