@@ -38,13 +38,14 @@ ON_NAN = ("stop", "skip")
 class NonFiniteGuard:
     """Device-side record of non-finite steps; ``check`` is the only host synchronisation."""
 
-    def __init__(self, policy: str, phase: str, device: torch.device) -> None:
+    def __init__(self, policy: str, phase: str, device: torch.device, skipped: int = 0) -> None:
+        """``skipped``: steps skipped before (a resumed run's count)."""
         if policy not in ON_NAN:
             raise ValueError(f"on_nan={policy!r}: valid values are {', '.join(ON_NAN)}")
         self.policy, self.phase, self.device = policy, phase, device
         self.names: Optional[List[str]] = None
         self.pending = torch.zeros((), dtype=torch.bool, device=device)  # this accumulation
-        self.skipped = torch.zeros((), dtype=torch.long, device=device)  # since the start
+        self.skipped = torch.full((), skipped, dtype=torch.long, device=device)  # since the start
         self.first_step = torch.full((), -1, dtype=torch.long, device=device)  # since the last check
         self.step_parts: Optional[torch.Tensor] = None  # [K] parts of the first bad micro-batch
         self.first_parts: Optional[torch.Tensor] = None  # [K] parts at first_step

@@ -172,7 +172,6 @@ def train(
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
     result = LoopResult(steps=0)
-    guard = NonFiniteGuard(settings.on_nan, phase, device)
     window = DeviceMeans()  # each term's mean over the logging window
     best_value, bad_evals, best_state = -math.inf, 0, None
     micro, epoch_batches = 0, 0  # micro-batches consumed in this accumulation / this epoch
@@ -189,6 +188,7 @@ def train(
             result = LoopResult(**state["result"])
             best_value, bad_evals, best_state = state["best_value"], state["bad_evals"], state["best_state"]
             log.info("%s: resumed from step %d (%s)", phase, result.steps, state["meta"]["step"])
+    guard = NonFiniteGuard(settings.on_nan, phase, device, skipped=result.skipped_steps)
 
     def check_finite() -> None:
         """The device's non-finite flags, read (a host synchronisation): raises under stop."""

@@ -416,3 +416,18 @@ def test_a_run_may_resume_with_compile_switched():
     run = {"hardware": {"device": "cpu", "compile": False}, "trainer": {"lr": 1e-3}}
     assert config_for_resume(run) == config_for_resume({**run, "hardware": {"device": "cpu", "compile": True}})
     assert config_for_resume(run) != config_for_resume({**run, "trainer": {"lr": 1e-4}})
+
+
+def test_skipped_steps_survive_a_resume(tracker, tmp_path):
+    """A step skipped before the checkpoint is still counted after resuming from it."""
+    teacher = lambda b: FAMILY.forward(tiny_model(1), b)  # noqa: E731
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_model(), ToyData(), FAMILY, Objective(1.0, [Term("bad", 1.0, Counting(nan_at=2))]),
+              settings(max_steps=6, batch_size=4, on_nan="skip", save_every=3, eval_strategy="steps",
+                       eval_every=4), tracker, "test", torch.device("cpu"), teacher_outputs=teacher,
+              checkpoint_dir=ckpt, evaluate=_interrupt)
+    result = train(tiny_model(), ToyData(), FAMILY, Objective(1.0, [Term("bad", 1.0, Counting())]),
+                   settings(max_steps=6, batch_size=4, on_nan="skip"), tracker, "test", torch.device("cpu"),
+                   teacher_outputs=teacher, checkpoint_dir=ckpt, resume=True)
+    assert result.steps == 6 and result.skipped_steps == 1
