@@ -46,8 +46,8 @@ clean:
 
 .PHONY: bench-gpu
 bench-gpu:  ## on a CUDA machine: the GPU tests, then kdlab's student step against a plain PyTorch loop (ratios)
-	$(BIN)/pytest -q -m gpu -rs
-	$(BIN)/python scripts/bench_gpu.py --device cuda
+	$(BIN)/pytest -q -m gpu -rs; status=$$?; \
+	$(BIN)/python scripts/bench_gpu.py --device cuda && exit $$status
 
 # -- SinKD tables (docs/reproducing.md): one Hydra multirun per table, then kdlab-table ------
 # Every invocation sweeps into a fresh directory, so a rerun never mixes with stale results.
