@@ -23,7 +23,7 @@ import torch
 from kdlab.models import count_params
 
 WARMUP = 1
-REPEATS = 5
+REPEATS = 3
 SAFETENSORS = "model.safetensors"
 TENSOR_BYTES = "tensor bytes"
 

@@ -76,6 +76,8 @@ def test_ddp_cpu_two_processes(tmp_path, data_dir, cache_dir):
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     student = [r for r in rows if "student/loss" in r]
     assert [r["phase_step"] for r in student] == [2, 4, 6]  # rank 0 alone logs
+    assert (tmp_path / "student" / "model.safetensors").is_file()  # rank 0 alone saves the student
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".student")] == []
 
 
 class KilledAt(NullTracker):

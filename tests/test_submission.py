@@ -86,10 +86,18 @@ def test_trainer_save_student_switches_the_saved_model_off(save, cache_dir, tmp_
     exp = SimpleNamespace(cfg=cfg, task=task, family=pair.family, device=torch.device("cpu"), precision="fp32")
     results = {"task": task.name, "metric": task.metric, "steps": 1,
                "teacher": {"name": "tiny", "params": 1, "dev": {"f1_macro": 0.5}},
-               "student": {"name": "shrunk", "params": 1, "dev": {"f1_macro": 0.4}}}
-    products.finish(exp, results, pair.teacher, {"student": pair.student}, {"validation": pair.dataset},
+               "student": {"name": "shrunk", "params": 1, "dev": {"f1_macro": 0.4}},
+               "baseline_student": {"name": "shrunk", "params": 1, "dev": {"f1_macro": 0.3}}}
+    students = {"baseline_student": make_pair("seq2seq", cache_dir).student, "student": pair.student}
+    products.finish(exp, results, pair.teacher, students, {"validation": pair.dataset},
                     {"validation": pair.dataset}, {"train": 3, "validation": 3})
     assert (tmp_path / "student").is_dir() == save
+    assert (tmp_path / "baseline_student").is_dir() == save
+    if save:
+        card = (tmp_path / "baseline_student" / "README.md").read_text()
+        assert "baseline student (trained without a teacher)" in card and "| student, no distillation | 0.3000 |" in card
+        assert json.loads((tmp_path / "baseline_student" / "kdlab_model.json").read_text())["dev"] == {"f1_macro": 0.3}
+    assert set(results["savings"]) == {"student", "baseline_student"}
     fp = results["student"]["footprint"]
     assert fp["weights_measure"] == ("model.safetensors" if save else "tensor bytes")
     assert fp["batch_size"] == 3 and results["savings"]["student"]["params"] > 1
