@@ -19,16 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from kdlab import calibration
 from kdlab.batching import loader
 from kdlab.config import DatasetConfig, HardwareConfig
 from kdlab.data import TaskSpec, get_task, load_split, score
 from kdlab.errors import ConfigError, DataError
 from kdlab.export import SIDECAR, read_sidecar
 from kdlab.families import Family, get_family
+from kdlab.families.base import Predictions
 from kdlab.tracking import write_json_atomic
 
 EVAL_FILE = "eval.json"
@@ -43,10 +46,34 @@ def split_metrics(family: Family, task: str, model: torch.nn.Module, evals: Dict
     keys are unprefixed, the others' ``<split>/<metric>`` (the ``results.json`` form)."""
     out: Dict[str, float] = {}
     for i, (split, ds) in enumerate(evals.items()):
-        preds = family.predictions(model, loader(ds, batch_size), device, precision)
-        metrics = score(task, preds, ds.examples)  # groups, ReCoRD answers: every family
+        pred = family.predict(model, loader(ds, batch_size), device, precision)
+        metrics = score(task, pred.values, ds.examples)  # groups, ReCoRD answers: every family
+        correct = correctness(task, pred, ds.examples)
+        if correct is not None:
+            metrics["ece"] = calibration.ece(pred.confidence, correct)
         out.update({(k if i == 0 else f"{split}/{k}"): float(v) for k, v in metrics.items()})
     return out
+
+
+def correctness(task: str, pred: Predictions, examples: Sequence[Any]) -> Optional[np.ndarray]:
+    """``[N]`` bool, prediction == gold label, where calibration is defined: a task with a
+    fixed label set (not STS-B's scores, nor ReCoRD's entity candidates) and a model that
+    gives confidences; else ``None``."""
+    if pred.confidence is None or not get_task(task).label_names:
+        return None
+    gold = np.asarray([ex.label for ex in examples])
+    return np.asarray(pred.values) == gold
+
+
+def reliability(family: Family, task: str, model: torch.nn.Module, ds: Any, batch_size: int,
+                device: torch.device, precision: str) -> Optional[Dict[str, Any]]:
+    """The reliability diagram's bins of ``model`` on one encoded split (``results.json``'s
+    ``<model>.reliability``), or ``None`` where calibration is not defined."""
+    pred = family.predict(model, loader(ds, batch_size), device, precision)
+    correct = correctness(task, pred, ds.examples)
+    if correct is None:
+        return None
+    return {"bins": calibration.BINS, **calibration.reliability(pred.confidence, correct)}
 
 
 @dataclass

@@ -220,13 +220,18 @@ def _copy_checkpoints(src: Path, dst: Path) -> None:
             shutil.copytree(path, dst / path.name)
 
 
+LOWER_IS_BETTER = ("ece",)  # dev_best takes their minimum
+
+
 def summarise(result: LoopResult, select: str) -> Dict[str, Any]:
-    """``dev`` (the selected checkpoint), ``dev_last`` and ``dev_best`` (per-metric max)."""
+    """``dev`` (the selected checkpoint), ``dev_last`` and ``dev_best`` (per metric its best
+    over evaluations: the maximum, the minimum of ``ece``)."""
     evals = result.evaluations
     if not evals:  # ranks other than 0 do not evaluate
         return {"dev": {}, "evaluations": 0}
     last = evals[-1]["metrics"]
-    best = {k: max(e["metrics"][k] for e in evals if k in e["metrics"]) for k in last}
+    best = {k: (min if k in LOWER_IS_BETTER or k.endswith("/ece") else max)(
+        e["metrics"][k] for e in evals if k in e["metrics"]) for k in last}
     chosen = last
     if select == "best" and result.best_step is not None:
         chosen = next(e["metrics"] for e in evals if e["step"] == result.best_step)

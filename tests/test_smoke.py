@@ -49,6 +49,9 @@ def test_results_json_contract(smoke_runs):
     for who in ("teacher", "student"):
         assert {"name", "params", "dev"} <= set(res[who])
         assert 0.0 <= res[who]["dev"]["accuracy"] <= 1.0
+        assert 0.0 <= res[who]["dev"]["ece"] <= 1.0  # calibration of every classifier
+        bins = res[who]["reliability"]
+        assert bins["bins"] == 15 and len(bins["count"]) == 15 and sum(bins["count"]) > 0
     assert res["teacher"]["params"] > res["student"]["params"] > 0
     assert res["config"]["trainer"]["max_steps"] == 24  # resolved config
     assert res["config"]["dataset"]["data_dir"]  # interpolation resolved

@@ -346,3 +346,25 @@ def test_readme_sweep_gives_one_row_per_divergence(tmp_path, data_dir, cache_dir
     assert table.paired["sinkhorn", "glue/sst2", "best"].n == 2
     md = capsys.readouterr().out
     assert "| kl |" in md and "| sinkhorn |" in md and "| smoke |" not in md
+
+
+def test_metric_option_tabulates_ece_and_writes_the_reliability_diagram(tmp_path):
+    bins = {"bins": 15, "count": [0] * 13 + [2, 2], "accuracy": [0.0] * 13 + [0.5, 1.0],
+            "confidence": [0.0] * 13 + [0.9, 0.95]}
+    for seed, ece in enumerate((0.10, 0.20)):
+        job = write_run(tmp_path, seed, "kd", "glue/sst2", seed, best=0.8, last=0.8)
+        res = json.loads((job / "results.json").read_text())
+        for who in ("student", "teacher"):
+            res[who]["dev"]["ece"] = ece
+            res[who]["reliability"] = bins
+        res["student"]["dev_best"]["ece"] = res["student"]["dev_last"]["ece"] = ece
+        (job / "results.json").write_text(json.dumps(res))
+    table = build_table(find_runs(tmp_path, metric="ece"))
+    assert table.cells["kd", "glue/sst2", "best"].mean == pytest.approx(15.0)
+    paths = tables.write_all(table, tmp_path / "out", "t", "t", "s")
+    assert paths["reliability"].stat().st_size > 0
+    # pooled bins: bin 13 (2 at 0.9, acc 0.5), bin 14 (2 at 0.95, acc 1.0)
+    p = tables.reliability.pooled([bins, bins])
+    assert p["ece"] == pytest.approx(0.5 * 0.4 + 0.5 * 0.05)
+    with pytest.raises(tables.TableError, match="no dev metric 'nope'"):
+        find_runs(tmp_path, metric="nope")

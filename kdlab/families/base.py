@@ -36,6 +36,18 @@ class Outputs:
 FEATURES = ("hidden_states", "attentions")
 
 
+@dataclass
+class Predictions:
+    """``values [N]``: one prediction per example in the form ``kdlab.data.score`` takes;
+    ``confidence [N]`` or ``None``: the probability the model gives its prediction (class
+    probabilities: softmax of the class logits; rank classification: softmax over the
+    example's choice scores), ``None`` where there is no class distribution (regression,
+    generated numbers)."""
+
+    values: np.ndarray
+    confidence: Optional[np.ndarray] = None
+
+
 class Family(ABC):
     name: str
     # The stacks whose hidden states / attentions ``forward`` can return, in order (the
@@ -105,7 +117,11 @@ class Family(ABC):
         """The loss on gold labels / targets (float32 scalar)."""
 
     @abstractmethod
+    def predict(self, model: torch.nn.Module, loader: Any, device: torch.device, precision: str) -> Predictions:
+        """One prediction per example (a class id, a choice index (COPA, ReCoRD) or a score
+        (regression)) and, for classes, its confidence."""
+
     def predictions(self, model: torch.nn.Module, loader: Any, device: torch.device,
                     precision: str) -> np.ndarray:
-        """One prediction per example, in the form ``kdlab.data.score`` takes: a class id,
-        a choice index (COPA, ReCoRD) or a score (regression)."""
+        """The predictions alone, in the form ``kdlab.data.score`` takes."""
+        return self.predict(model, loader, device, precision).values

@@ -23,7 +23,7 @@ from kdlab.data import prompts
 from kdlab.errors import ConfigError
 from kdlab.families import FAMILIES
 from kdlab.families import tokens as tk
-from kdlab.families.base import Batch, Outputs
+from kdlab.families.base import Batch, Outputs, Predictions
 from kdlab.precision import autocast
 
 
@@ -114,11 +114,12 @@ class CausalFamily(tk.TokenFamily):
         return Outputs(tk.slice_vocab(logits, self.vocab_of(model)), mask, **feats)  # [B, A, V]
 
     @torch.no_grad()
-    def predictions(self, model: torch.nn.Module, loader: Any, device: torch.device,
-                    precision: str) -> np.ndarray:
+    def predict(self, model: torch.nn.Module, loader: Any, device: torch.device, precision: str) -> Predictions:
+        """Rank classification: each example's choice and its softmax over the choice scores."""
         model.to(device).eval()
         ds = loader.dataset
         out: List[int] = []
+        conf: List[float] = []
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
             targets, mask = batch["choice_target_ids"], batch["choice_target_mask"]  # [N, A]
@@ -126,5 +127,7 @@ class CausalFamily(tk.TokenFamily):
                 _, logits = _window_logits(model, batch["choice_input_ids"], batch["choice_attention_mask"],
                                            targets.shape[1], {"use_cache": False})
             lp, n = tk.sequence_logprobs(tk.slice_vocab(logits, self.vocab_of(model)), targets, mask)
-            out.extend(tk.rank(lp, n, batch["choice_owner"], batch["labels"].shape[0], ds.scoring))
-        return np.asarray(out)
+            choice, c = tk.rank(lp, n, batch["choice_owner"], batch["labels"].shape[0], ds.scoring)
+            out.extend(choice)
+            conf.extend(c)
+        return Predictions(np.asarray(out), np.asarray(conf))

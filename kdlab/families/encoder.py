@@ -13,7 +13,7 @@ from transformers import AutoModelForSequenceClassification
 from kdlab.batching import EncodedDataset
 from kdlab.errors import ConfigError
 from kdlab.families import FAMILIES
-from kdlab.families.base import Batch, Family, Outputs
+from kdlab.families.base import Batch, Family, Outputs, Predictions
 from kdlab.models.hf import load_classifier
 from kdlab.precision import autocast
 
@@ -65,13 +65,18 @@ class EncoderFamily(Family):
         return F.cross_entropy(z, labels)
 
     @torch.no_grad()
-    def predictions(self, model: torch.nn.Module, loader: Any, device: torch.device,
-                    precision: str) -> np.ndarray:
+    def predict(self, model: torch.nn.Module, loader: Any, device: torch.device, precision: str) -> Predictions:
+        """Class ids and the max softmax probability; regression: the score, no confidence."""
         model.to(device).eval()
-        out = []
+        out, conf = [], []
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast(device, precision):
                 logits = self.forward(model, batch).logits.float()  # [B, C]
-            out.append((logits[:, 0] if logits.shape[-1] == 1 else logits.argmax(-1)).cpu().numpy())
-        return np.concatenate(out)
+            if logits.shape[-1] == 1:
+                out.append(logits[:, 0].cpu().numpy())
+                continue
+            p, pred = torch.softmax(logits, -1).max(-1)  # [B], [B]
+            out.append(pred.cpu().numpy())
+            conf.append(p.cpu().numpy())
+        return Predictions(np.concatenate(out), np.concatenate(conf) if conf else None)

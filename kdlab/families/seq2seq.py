@@ -20,7 +20,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from kdlab.data import prompts
 from kdlab.families import FAMILIES
 from kdlab.families import tokens as tk
-from kdlab.families.base import Batch, Outputs
+from kdlab.families.base import Batch, Outputs, Predictions
 from kdlab.precision import autocast
 
 GENERATE_TOKENS = 8  # a score "3.4" is a handful of tokens
@@ -99,21 +99,24 @@ class Seq2SeqFamily(tk.TokenFamily):
         return Outputs(tk.slice_vocab(out.logits, self.vocab_of(model)), mask, **feats)  # [B, T, V]
 
     @torch.no_grad()
-    def predictions(self, model: torch.nn.Module, loader: Any, device: torch.device,
-                    precision: str) -> np.ndarray:
+    def predict(self, model: torch.nn.Module, loader: Any, device: torch.device, precision: str) -> Predictions:
+        """Rank classification (with confidences), or generated numbers (none)."""
         model.to(device).eval()
         ds = loader.dataset
         out: List[Any] = []
+        conf: List[float] = []
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast(device, precision):
                 if ds.generate:
                     out.extend(self._generate(model, batch, ds.tokenizer))
                 else:
-                    out.extend(self._rank(model, batch, ds.scoring))
-        return np.asarray(out)
+                    choice, c = self._rank(model, batch, ds.scoring)
+                    out.extend(choice)
+                    conf.extend(c)
+        return Predictions(np.asarray(out), None if ds.generate else np.asarray(conf))
 
-    def _rank(self, model: torch.nn.Module, batch: Batch, scoring: str) -> List[int]:
+    def _rank(self, model: torch.nn.Module, batch: Batch, scoring: str) -> tuple[List[int], List[float]]:
         """Each example's choices scored given its source; the encoder runs once per example."""
         owner = batch["choice_owner"]  # [N]
         enc = model.get_encoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import weakref
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -85,15 +86,25 @@ def model_kwargs(family: Family, model: torch.nn.Module) -> Dict[str, Any]:
     return {"use_cache": False, **family.feature_kwargs(model)}
 
 
-def rank(logprobs: torch.Tensor, lengths: torch.Tensor, owner: torch.Tensor, n: int, scoring: str) -> List[int]:
+def rank(logprobs: torch.Tensor, lengths: torch.Tensor, owner: torch.Tensor, n: int,
+         scoring: str) -> Tuple[List[int], List[float]]:
     """Rank classification of ``n`` examples from the scores of their flattened choices:
-    ``owner[j]`` is the example of choice row j; ``scoring`` "sum" or "mean" (per token)."""
+    ``owner[j]`` is the example of choice row j; ``scoring`` "sum" or "mean" (per token).
+    Returns each example's choice and its confidence: the softmax over the example's choice
+    scores (the same scores the choice is ranked by) at the chosen one."""
     lp: List[List[float]] = [[] for _ in range(n)]
     ln: List[List[int]] = [[] for _ in range(n)]
     for j, i in enumerate(owner.tolist()):
         lp[i].append(float(logprobs[j]))
         ln[i].append(max(int(lengths[j]), 1))
-    return prompts.rank_classification(lp, ln, normalise=scoring == "mean").tolist()
+    normalise = scoring == "mean"
+    choice = prompts.rank_classification(lp, ln, normalise=normalise).tolist()
+    conf = []
+    for s, k, c in zip(lp, ln, choice, strict=True):
+        score = np.asarray(s) / np.asarray(k) if normalise else np.asarray(s)
+        e = np.exp(score - score.max())
+        conf.append(float(e[c] / e.sum()))
+    return choice, conf
 
 
 def flatten_choices(rows: Sequence[Dict[str, Any]]) -> Tuple[List[Any], torch.Tensor]:

@@ -160,7 +160,7 @@ class ProbeFamily(Family):
         k = out.logits.shape[1]
         return sum(self.base.supervised_loss(Outputs(out.logits[:, i]), batch) for i in range(k)) / k
 
-    def predictions(self, *args: Any, **kwargs: Any) -> Any:
+    def predict(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError("filter probes are trained, not evaluated")
 
 

@@ -20,11 +20,12 @@ from kdlab.tables.cells import (
     read_reference,
 )
 from kdlab.tables.cli import main, write_all
+from kdlab.tables import reliability
 from kdlab.tables.plot import plot
 from kdlab.tables.rows import METHOD_NAMES, TEACHER, find_runs, task_label
 from kdlab.tables.runs import PROTOCOLS, Run, TableError, planned_jobs
 from kdlab.tables.writers import to_latex, to_markdown, write_csv
 
 __all__ = ["AVERAGE", "METHOD_NAMES", "PROTOCOLS", "TEACHER", "Cell", "Run", "Table", "TableError", "build_table",
-           "compare_to_baseline", "find_runs", "main", "match_reference", "planned_jobs", "plot", "read_reference",
+           "compare_to_baseline", "find_runs", "main", "match_reference", "planned_jobs", "plot", "read_reference", "reliability",
            "task_label", "to_latex", "to_markdown", "write_all", "write_csv"]

@@ -9,6 +9,7 @@ from typing import Dict, Optional, Sequence
 
 from kdlab.tables.cells import Table, build_table, match_reference, read_reference
 from kdlab.tables.plot import plot
+from kdlab.tables.reliability import plot_reliability
 from kdlab.tables.rows import find_runs
 from kdlab.tables.runs import TableError, planned_jobs
 from kdlab.tables.writers import to_latex, to_markdown, write_csv
@@ -23,6 +24,8 @@ def write_all(table: Table, out: Path, name: str, title: str, source: str) -> Di
     paths["tex"].write_text(to_latex(table, title))
     write_csv(table, paths["csv"])
     plot(table, paths["png"], title)
+    if plot_reliability(table.runs, out / f"{name}_reliability.png", title):
+        paths["reliability"] = out / f"{name}_reliability.png"
     return paths
 
 
@@ -39,12 +42,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--method-key", default=None,
                     help="dotted config key naming a run's row, e.g. experiment_name (default: the "
                          "overrides that differ between the sweep's jobs, besides seed and task)")
+    ap.add_argument("--metric", default=None,
+                    help="the dev metric tabulated, e.g. ece (expected calibration error; its 'best' "
+                         "protocol is the lowest over evaluations); default: each task's main metric")
     args = ap.parse_args(argv)
     if not args.sweep.is_dir():
         print(f"kdlab-table: error: {args.sweep} is not a directory", file=sys.stderr)
         return 2
     try:
-        runs = find_runs(args.sweep, args.method_key)
+        runs = find_runs(args.sweep, args.method_key, args.metric)
         ref = match_reference(read_reference(args.reference), runs) if args.reference else None
         table = build_table(runs, ref, args.baseline)
         table.planned = planned_jobs(args.sweep)

@@ -103,9 +103,10 @@ def _text(value: Optional[str]) -> str:
     return "(default)" if value is None else value
 
 
-def find_runs(root: Path, method_key: Optional[str] = None) -> List[Run]:
-    """Every job directory under ``root``, each with its row set (see :func:`assign_rows`)."""
-    runs = [read_run(d) for d in job_dirs(root)]
+def find_runs(root: Path, method_key: Optional[str] = None, metric: Optional[str] = None) -> List[Run]:
+    """Every job directory under ``root``, each with its row set (see :func:`assign_rows`);
+    ``metric``: the dev metric tabulated (default: each task's main metric)."""
+    runs = [read_run(d, metric) for d in job_dirs(root)]
     assign_rows(runs, method_key)
     return runs
 

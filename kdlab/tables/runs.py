@@ -72,14 +72,19 @@ def read_overrides(job_dir: Path) -> Optional[Dict[str, str]]:
     return out
 
 
-def read_run(job_dir: Path) -> Run:
-    """A finished run from ``results.json``, or a failed one from ``.hydra/config.yaml``."""
+def read_run(job_dir: Path, metric: Optional[str] = None) -> Run:
+    """A finished run from ``results.json``, or a failed one from ``.hydra/config.yaml``.
+    ``metric``: the dev metric to read (e.g. ``ece``); default: the task's main metric."""
     overrides = read_overrides(job_dir)
     results = job_dir / RESULTS_FILE
     if results.is_file():
         res = json.loads(results.read_text())
-        metric = res["metric"]
+        metric = metric or res["metric"]
         student = res["student"]
+        for who in ("student", "teacher"):
+            if metric not in res[who]["dev"]:
+                raise TableError(f"{results}: the {who} has no dev metric {metric!r} (it has "
+                                 f"{', '.join(res[who]['dev'])})")
         scores = {protocol: float(student.get(key, student["dev"])[metric]) * SCALE for protocol, key in PROTOCOLS}
         return Run(job_dir, res["task"], int(res["seed"]), res["config"], overrides, metric, scores,
                    float(res["teacher"]["dev"][metric]) * SCALE)
