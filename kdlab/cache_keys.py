@@ -20,6 +20,8 @@ Keys:
 - ``teacher``: a fine-tuned teacher (``<cache_dir>/teachers/<key>/``).
 - ``teacher_outputs``: the teacher's logits on a list of examples
   (``<cache_dir>/teacher_outputs/<key>.npy``); any examples, the task's or extra ones.
+- ``token_teacher_outputs``: a token family's teacher, top-k per answer token
+  (``<cache_dir>/teacher_outputs/<key>/``).
 - ``tokenized``: token ids of examples' texts (``<cache_dir>/tokenized/<key>.npz``).
 - ``ted_stage_one``: TED's stage-I filters (``<cache_dir>/ted_filters/<key>.pt``).
 """
@@ -178,6 +180,20 @@ def teacher_outputs(model: torch.nn.Module, tokenizer: Any, examples: Sequence[A
              "tokenizer": tokenizer_digest(tokenizer), "examples": examples_digest(examples),
              "encoding": encoding(dataset_cfg), "precision": precision}
     return _hash(parts)[:24]
+
+
+def token_teacher_outputs(model: torch.nn.Module, tokenizer: Any, task: str, family: str, examples: Sequence[Any],
+                          dataset_cfg: Any, precision: str, top_k: int, temperature: float, fmt: int,
+                          weights: Optional[str] = None) -> str:
+    """A top-k token-level cache (``kdlab.token_cache``) of a frozen ``model`` on
+    ``examples``: its answer tokens come from the task's prompt template for ``family``,
+    so both are in the key, with ``top_k``, the ``temperature`` the log-probabilities are
+    stored at and the storage format ``fmt``."""
+    parts = {"kind": "token_teacher_outputs", "model": model_digest(model, weights),
+             "tokenizer": tokenizer_digest(tokenizer), "task": task, "family": family,
+             "examples": examples_digest(examples), "encoding": encoding(dataset_cfg), "precision": precision,
+             "top_k": int(top_k), "temperature": float(temperature), "format": int(fmt)}
+    return f"{_slug(task)}-tok-{_hash(parts)[:20]}"
 
 
 def tokenized(tokenizer: Any, examples: Sequence[Any], max_length: int, truncation: str) -> str:

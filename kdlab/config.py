@@ -173,6 +173,17 @@ class HardwareConfig:
 
 
 @dataclass
+class TeacherCacheConfig:
+    """The token-level teacher cache (seq2seq, causal; ``kdlab.token_cache``)."""
+
+    # Tokens kept per answer position (top-k log-probabilities + the tail's log-mass).
+    # null: token families compute the teacher live (exact); an integer k, with
+    # trainer.cache_teacher_outputs=true, caches it once (approximate for k < V).
+    top_k: Optional[int] = None
+    shard_tokens: int = 1048576  # tokens per memory-mapped shard (~258 MB at k = 64)
+
+
+@dataclass
 class TrainerConfig:
     epochs: float = 3.0
     max_steps: int = -1  # > 0 overrides epochs
@@ -196,6 +207,7 @@ class TrainerConfig:
     on_nan: str = "stop"  # "stop" | "skip" (skip the step)
     # Compute the teacher's logits on the train set once and reuse them (disk, memory-mapped).
     cache_teacher_outputs: bool = True
+    teacher_cache: TeacherCacheConfig = field(default_factory=TeacherCacheConfig)
     # Also train the student with cross-entropy only (no teacher), as a reference row.
     baseline_student: bool = False
     # Save each trained student in Hugging Face format under the run dir (student/,

@@ -20,6 +20,7 @@ import torch
 from kdlab import divergences
 from kdlab.config import Config
 from kdlab.data import get_task
+from kdlab.divergences.sparse import sparse_divergence
 from kdlab.errors import ConfigError
 from kdlab.families import FAMILIES
 from kdlab.families.base import Outputs
@@ -156,6 +157,8 @@ class Objective(torch.nn.Module):
               z_t: torch.Tensor, labels: Optional[torch.Tensor], has_label: Optional[torch.Tensor]) -> torch.Tensor:
         if isinstance(module, LayerMatch):
             return module(student, teacher)
+        if teacher.sparse is not None:  # a top-k token cache: see kdlab.divergences.sparse
+            return sparse_divergence(module, z_s, teacher.sparse, mask=student.mask)
         kw = {}
         mask = student.mask
         if getattr(module, "needs_labels", False):

@@ -27,7 +27,7 @@ import transformers
 from omegaconf import OmegaConf
 from transformers import set_seed
 
-from kdlab import cache_keys, checkpoint, distributed, products, teacher_cache, teacher_outputs
+from kdlab import cache_keys, checkpoint, distributed, products, teacher_cache, teacher_outputs, token_cache
 from kdlab.batching import PairedDataset, WithTransfer, loader
 from kdlab.config import Config
 from kdlab.data import get_task, load_split, score
@@ -155,6 +155,8 @@ class Experiment:
     def teacher_outputs(self, teacher: Loaded, teacher_hash: str, train_ds: Any, examples: List[Any]):
         """The teacher's outputs per batch: read from the on-disk cache, or computed live."""
         live = teacher_outputs.LiveTeacher(teacher.model, self.family, self.device, self.precision)
+        if token_cache.enabled(self.cfg):
+            return self.token_teacher_outputs(teacher, teacher_hash, train_ds, examples)
         if not self.cfg.trainer.cache_teacher_outputs or self.family.name != "encoder" \
                 or self.spec.features:  # feature terms need live hidden states
             return live
@@ -164,6 +166,17 @@ class Experiment:
         logits = teacher_outputs.cached(path, lambda: teacher_outputs.compute(
             teacher.model, train_ds, self.family, self.device, self.precision, self.cfg.trainer.eval_batch_size))
         return teacher_outputs.CachedTeacher(logits)
+
+    def token_teacher_outputs(self, teacher: Loaded, teacher_hash: str, train_ds: Any, examples: List[Any]):
+        """A token family's teacher read from its top-k cache (``kdlab.token_cache``)."""
+        tc = self.cfg.trainer.teacher_cache
+        temperature = token_cache.check(self.cfg, self.spec)
+        key = cache_keys.token_teacher_outputs(teacher.model, teacher.tokenizer, self.task.name, self.family.name,
+                                               examples, self.cfg.dataset, self.precision, tc.top_k, temperature,
+                                               token_cache.FORMAT, weights=teacher_hash)
+        return token_cache.teacher_outputs(Path(self.cfg.cache_dir) / "teacher_outputs" / key, teacher.model,
+                                           train_ds, self.family, self.device, self.precision,
+                                           self.cfg.trainer.eval_batch_size, tc.top_k, temperature, tc.shard_tokens)
 
     def fit_student(self, teacher: Loaded, train_ds: Any, evals: Dict[str, Any], phase: str,
                     outputs: Any = None, resume_dir: Optional[Path] = None,
@@ -273,6 +286,7 @@ def run(cfg: Config) -> Dict[str, Any]:
     start = time.perf_counter()
     validate(cfg)
     transfer_data.check(cfg, build_objective(cfg))  # fails on bad terms before loading anything
+    token_cache.check(cfg, build_objective(cfg))
     transformers.logging.set_verbosity_error()  # load reports of fresh heads are expected here
     transformers.logging.disable_progress_bar()
     if cfg.hardware.num_threads:
@@ -342,6 +356,8 @@ def run(cfg: Config) -> Dict[str, Any]:
             return {}
         results["student"] = {"name": cfg.student.name, "params": count_params(student.model),
                               **summarise(result, cfg.trainer.select)}
+        if isinstance(outputs, token_cache.TokenCachedTeacher):
+            results["teacher_cache"] = outputs.report()
         if transfer_examples:
             results["transfer"] = {"name": cfg.transfer.name, "examples": len(transfer_examples)}
         results.update(divergence=cfg.divergence.name, seed=cfg.seed, steps=result.steps,

@@ -314,9 +314,13 @@ def train(
 @torch.no_grad()
 def agreement(student: Outputs, teacher: Outputs) -> float:
     """Fraction of (unmasked) positions where student and teacher argmax agree."""
-    if student.logits.shape[-1] == 1 or student.logits.shape != teacher.logits.shape:
+    if teacher.sparse is not None:  # a top-k token cache: its first index is the argmax
+        t_argmax = teacher.sparse.index[..., 0]
+    elif student.logits.shape[-1] == 1 or student.logits.shape != teacher.logits.shape:
         return float("nan")  # regression, or different vocabularies: no common classes
-    same = student.logits.argmax(-1) == teacher.logits.argmax(-1)
+    else:
+        t_argmax = teacher.logits.argmax(-1)
+    same = student.logits.argmax(-1) == t_argmax
     if student.mask is not None:
         same = same[student.mask]
     return same.float().mean().item() if same.numel() else float("nan")

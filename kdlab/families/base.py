@@ -24,6 +24,10 @@ class Outputs:
     (``"encoder"``, ``"decoder"``): ``hidden_states[stack][i]`` ``[B, L, H]`` (index 0 the
     embeddings, i the output of block i), ``attentions[stack][i]`` ``[B, heads, L, L]``
     (block i), and ``feature_masks[stack]`` ``[B, L]`` bool (the real, non-padding tokens).
+
+    ``sparse``: set on a teacher read from a top-k token cache (``kdlab.token_cache``), a
+    ``kdlab.divergences.sparse.SparseTeacher``; ``logits`` then hold its top-k
+    log-probabilities ``[B, T, k]``, not logits over the vocabulary.
     """
 
     logits: torch.Tensor
@@ -31,6 +35,7 @@ class Outputs:
     hidden_states: Optional[Dict[str, Tuple[torch.Tensor, ...]]] = None
     attentions: Optional[Dict[str, Tuple[torch.Tensor, ...]]] = None
     feature_masks: Optional[Dict[str, torch.Tensor]] = None
+    sparse: Optional[Any] = None
 
 
 FEATURES = ("hidden_states", "attentions")
