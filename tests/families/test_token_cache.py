@@ -17,6 +17,7 @@ from kdlab.config import DatasetConfig
 from kdlab.data import get_task
 from kdlab.errors import ConfigError
 from kdlab.objective import Objective, Term, build_objective
+from kdlab.trainer import agreement
 from tests.conftest import compose_config
 
 
@@ -116,3 +117,6 @@ def test_objective_routes_a_cached_teacher_to_the_sparse_divergence(pair: Pair, 
         live, _ = obj(s, s.logits.sum() * 0, pair.family.forward(pair.teacher.model, pair.batch))
         cached, _ = obj(s, s.logits.sum() * 0, cache(pair.batch))
     torch.testing.assert_close(cached, live, rtol=1e-3, atol=1e-4)
+    teacher = pair.family.forward(pair.teacher.model, pair.batch)
+    assert agreement(s, cache(pair.batch)) == agreement(s, teacher)  # the top-1 index is the argmax
+    assert agreement(teacher, cache(pair.batch)) == 1.0
