@@ -21,6 +21,12 @@ Gradients: "envelope" runs the loop without autograd, then takes one last update
 autograd on (teacher side detached), whose gradient is the envelope-theorem gradient
 ``dOT/dC = P`` at convergence (as GeomLoss does); "unrolled" differentiates through
 every iteration (memory grows with the iteration count).
+
+Backends: one skeleton (``_divergence``) serves the dense solver (``DensePair``, the
+N x M cost matrix in memory) and the row-block one (``ot_online.OnlinePair``); GeomLoss
+runs the others. ``choose_backend`` decides: only "auto" ever falls back, and only when
+KeOps is not installed or failed its probe (``keops_probe``: a KeOps crash is a
+segmentation fault, which no ``except`` can catch, so it is tried in a child process).
 """
 
 from __future__ import annotations
