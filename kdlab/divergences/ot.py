@@ -76,6 +76,12 @@ class SoundOptions:
                 f"gradient='unrolled' needs backend 'dense' or 'auto', got backend={self.backend!r} "
                 "(the other backends differentiate through the converged potentials only)"
             )
+        if self.backend in GEOMLOSS_BACKENDS:  # checked when built, before any model is loaded
+            needed = ("geomloss",) if self.backend == "tensorized" else ("pykeops", "geomloss")
+            missing = [m for m in keops_probe.missing_packages() if m in needed]
+            if missing:
+                raise ConfigError(f"Sinkhorn backend={self.backend!r} needs {' and '.join(missing)} "
+                                  f"(pip install {' '.join(missing)}), or use backend=auto")
         if self.backend == "multiscale" and self.cost == "l1":
             raise ConfigError("backend='multiscale' supports cost 'euclidean' or 'sqeuclidean', not 'l1'")
 
@@ -258,12 +264,6 @@ def choose_backend(opt: SoundOptions, N: int, M: int, D: int, device: torch.devi
         # GeomLoss clusters the points on a grid, which KeOps implements for D <= 3 only
         raise ConfigError(f"Sinkhorn backend='multiscale' needs points in at most 3 dimensions, got {D}; "
                           "use backend=auto (or online_torch)")
-    if backend in GEOMLOSS_BACKENDS:
-        needed = ("geomloss",) if backend == "tensorized" else ("pykeops", "geomloss")
-        missing = [m for m in keops_probe.missing_packages() if m in needed]
-        if missing:
-            raise ConfigError(f"Sinkhorn backend={backend!r} needs {' and '.join(missing)} "
-                              f"(pip install {' '.join(missing)}), or use backend=auto")
     if backend in KEOPS_BACKENDS:
         why = keops_unusable(device)
         if why is not None:
