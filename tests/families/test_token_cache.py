@@ -93,8 +93,9 @@ def cfg(*overrides):
 
 
 def test_config_checks_return_the_storage_temperature_and_refuse_what_the_cache_cannot_serve():
-    c = cfg()
-    assert token_cache.enabled(c) and token_cache.check(c, build_objective(c)) == 1.0
+    for c in (cfg(), compose_config(["experiment=smoke_causal_topk"])):
+        assert c.trainer.teacher_cache.top_k == 64
+        assert token_cache.enabled(c) and token_cache.check(c, build_objective(c)) == 1.0
     assert not token_cache.enabled(cfg("trainer.cache_teacher_outputs=false"))
     bad = {"divergence=sinkhorn": "sinkhorn", "divergence=mse": "mse", "objective.kd.temperature=2.0": "one temperature",
            "objective.kd.anneal=epoch": "anneal", "trainer.teacher_cache.top_k=0": ">= 1"}
