@@ -39,7 +39,9 @@ from omegaconf import OmegaConf
 
 # Loop and recipe fields that never change the trained weights.
 NOT_IN_KEY = ("save_every", "keep_last", "log_every", "progress",
-              "max_train_samples")  # the subsample is in the examples digest
+              "max_train_samples",  # the subsample is in the examples digest
+              # a recipe without a dev set (teacher.finetune) does not read them
+              "eval_strategy", "eval_every", "select", "patience")
 # Example fields that hold its content; ``idx`` (its row number) is left out, as the
 # object depends on what the rows say, not on where they sit in the file.
 CONTENT = ("text_a", "text_b", "label", "group", "choices", "answers", "fields")
@@ -157,7 +159,9 @@ def encoding(dataset_cfg: Any) -> Dict[str, Any]:
 
 def recipe(node: Any) -> Dict[str, Any]:
     """A training recipe (``teacher.finetune``, TED's stage I) without ``NOT_IN_KEY``."""
-    return {k: v for k, v in _container(node).items() if k not in NOT_IN_KEY}
+    if OmegaConf.is_config(node):  # resolve only what is kept (log_every follows trainer.log_every)
+        return {k: node[k] for k in node if k not in NOT_IN_KEY}
+    return {k: v for k, v in dict(node).items() if k not in NOT_IN_KEY}
 
 
 # -- the keys -----------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 Each dataclass here is stored in Hydra's ConfigStore and is the base of the YAML file
 that fills it, so a misspelt key (``trainer.lerning_rate``) or an ill-typed value
 (``divergence.weight=hot``) is rejected by OmegaConf before any work starts. Value
-ranges (alpha in [0, 1], positive temperatures, ...) are checked by ``validate``.
+ranges (alpha in [0, 1], positive temperatures, ...) are checked by ``validate``. Keys
+that take one of a few words are enums (``kdlab.choices``): a typo is refused while the
+config is composed.
 
 The objective a run optimises is::
 
@@ -21,17 +23,17 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import II, MISSING
+
+from kdlab.choices import Device, EvalStrategy, OnBadRow, OnNan, Precision, RankScoring, Select, Truncation
 
 
 @dataclass
-class FinetuneConfig:
-    """How a teacher without a task head is fine-tuned before distillation.
-
-    Together with the teacher, the task and the training examples, these values form the
-    cache key of the fine-tuned teacher (``kdlab.cache_keys.teacher``): change any of them
-    (but ``save_every``) and the teacher is fine-tuned again.
-    """
+class LoopConfig:
+    """One training loop's settings, every one explicit: the student's loop (``trainer``),
+    the teacher's fine-tuning (``teacher.finetune``) and every pre-stage of an objective
+    term (TED's stage I, from ``trainer`` and its recipe) run ``kdlab.trainer.train`` with
+    one of these, as is: nothing is copied key by key or filled from a default later."""
 
     epochs: float = 3.0
     max_steps: int = -1  # > 0 overrides epochs
@@ -40,12 +42,34 @@ class FinetuneConfig:
     weight_decay: float = 0.0
     warmup_ratio: float = 0.0
     max_grad_norm: float = 1.0
+    grad_accum: int = 1  # micro-batches per optimiser step (equal to a batch_size * grad_accum batch)
+    log_every: int = 10
+    progress: bool = True  # false: no progress bar (CI)
+    # Evaluation on dev: "end" (last checkpoint only), "epoch", or "steps" (every eval_every).
+    eval_strategy: EvalStrategy = EvalStrategy.end
+    eval_every: int = 0
+    select: Select = Select.last  # "last" | "best" (by the task's main metric); both are reported
+    patience: int = 0  # early stopping after this many evaluations without improvement (0: off)
+    save_every: int = 0  # full-state checkpoint every N optimiser steps (0: none)
+    keep_last: int = 2  # checkpoints kept
+    on_nan: OnNan = OnNan.stop  # "stop" | "skip" (skip the step)
+    seed: int = 0  # data order (and anything the loop draws)
+
+
+@dataclass
+class FinetuneConfig(LoopConfig):
+    """How a teacher without a task head is fine-tuned before distillation.
+
+    Together with the teacher, the task and the training examples, these values form the
+    cache key of the fine-tuned teacher (``kdlab.cache_keys.teacher``): change any of them
+    (but checkpointing, logging and the evaluation keys, which a fine-tuning without dev
+    set does not read) and the teacher is fine-tuned again. ``save_every`` checkpoints under
+    ``cache_dir/teachers/.partial-<key>``, so a killed run resumes the fine-tuning.
+    """
+
+    log_every: int = II("trainer.log_every")
+    progress: bool = II("trainer.progress")
     max_train_samples: Optional[int] = None  # subsample the train split for fine-tuning
-    grad_accum: int = 1
-    seed: int = 0
-    # checkpoint every N steps under cache_dir/teachers/.partial-<key>, so a killed run
-    # resumes the fine-tuning (0: off); not part of the cache key
-    save_every: int = 0
 
 
 @dataclass
@@ -123,14 +147,14 @@ class DatasetConfig:
     # KDLAB_DATA_DIR environment variable; when neither is set, the Hugging Face hub.
     data_dir: Optional[str] = "${oc.env:KDLAB_DATA_DIR,null}"
     max_length: int = 128
-    truncation: str = "longest_first"  # sentence pairs: "longest_first" | "only_first" | "only_second"
+    truncation: Truncation = Truncation.longest_first  # sentence pairs: "longest_first" | "only_first" | "only_second"
     max_train_samples: Optional[int] = None
     max_eval_samples: Optional[int] = None
     stratified: bool = False  # subsample keeping the label proportions
-    on_bad_row: str = "error"  # "error" | "skip"
+    on_bad_row: OnBadRow = OnBadRow.error  # "error" | "skip"
     # seq2seq / causal families: each answer choice is scored by its summed ("sum") or
     # per-token ("mean") log-likelihood, and the best one is the prediction
-    rank_scoring: str = "sum"
+    rank_scoring: RankScoring = RankScoring.sum
 
 
 @dataclass
@@ -163,8 +187,8 @@ class TransferConfig:
 
 @dataclass
 class HardwareConfig:
-    device: str = "cpu"  # "cpu" | "cuda"
-    precision: str = "fp32"  # "fp32" | "bf16" | "fp16"
+    device: Device = Device.cpu  # "cpu" | "cuda"
+    precision: Precision = Precision.fp32  # "fp32" | "bf16" | "fp16"
     num_threads: Optional[int] = None  # torch intra-op threads on CPU (None: torch default)
     distributed: bool = False  # DDP across the processes started by torchrun / accelerate
     # the student's training forward through torch.compile (eager, after one warning, where
@@ -184,27 +208,12 @@ class TeacherCacheConfig:
 
 
 @dataclass
-class TrainerConfig:
-    epochs: float = 3.0
-    max_steps: int = -1  # > 0 overrides epochs
-    batch_size: int = 32
+class TrainerConfig(LoopConfig):
+    """The student's loop (and the baseline student's), and what the run does around it."""
+
+    seed: int = II("seed")  # the run's seed, unless set apart
     eval_batch_size: int = 64
-    lr: float = 5e-5
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.0
-    max_grad_norm: float = 1.0
-    grad_accum: int = 1  # micro-batches per optimiser step (equal to a batch_size * grad_accum batch)
-    log_every: int = 10
-    progress: bool = True  # false: no progress bar (CI)
-    # Evaluation on dev: "end" (last checkpoint only), "epoch", or "steps" (every eval_every).
-    eval_strategy: str = "end"
-    eval_every: int = 0
-    select: str = "last"  # "last" | "best" (by the task's main metric); both are reported
-    patience: int = 0  # early stopping after this many evaluations without improvement (0: off)
-    save_every: int = 0  # full-state checkpoint every N optimiser steps (0: none)
-    keep_last: int = 2
     resume: Optional[str] = None  # "auto" (this run dir) or a previous run dir
-    on_nan: str = "stop"  # "stop" | "skip" (skip the step)
     # Compute the teacher's logits on the train set once and reuse them (disk, memory-mapped).
     cache_teacher_outputs: bool = True
     teacher_cache: TeacherCacheConfig = field(default_factory=TeacherCacheConfig)

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import enum
 import functools
 import typing
 from typing import Any, Dict, Optional, Union
 
 from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
 from kdlab.config import Config
 from kdlab.errors import ConfigError
@@ -86,8 +87,10 @@ def check_known_keys(cfg: Union[DictConfig, ListConfig, Any], schema: type = Con
 
 
 def composition_key_error(error: BaseException) -> Optional[ConfigError]:
-    """The ``ConfigError`` of an unknown key behind a Hydra composition error (a plain
-    override ``trainer.lerning_rate=1``, a key in a YAML file), or None for any other error."""
+    """The ``ConfigError`` of an unknown key or of a value outside a closed choice
+    (``kdlab.choices``) behind a Hydra composition error (a plain override
+    ``trainer.lerning_rate=1`` or ``hardware.device=cdua``, a key in a YAML file), or None
+    for any other error."""
     if not isinstance(error, ConfigCompositionException):
         return None
     seen = set()
@@ -100,5 +103,10 @@ def composition_key_error(error: BaseException) -> Optional[ConfigError]:
             full_key = str(getattr(error, "full_key", None) or key)
             path = full_key[: -len(key)].rstrip(".") if full_key.endswith(key) else ""
             return _unknown(path, key, list(_fields(schema)))
+        choice = _fields(schema).get(key) if dataclasses.is_dataclass(schema) and isinstance(key, str) else None
+        if isinstance(error, ValidationError) and isinstance(choice, type) and issubclass(choice, enum.Enum):
+            full_key = str(getattr(error, "full_key", None) or key)
+            valid = ", ".join(m.name for m in choice)
+            return ConfigError(f"{full_key}={getattr(error, 'value', '?')!r}: valid values are {valid}")
         error = error.__cause__ or error.__context__
     return None

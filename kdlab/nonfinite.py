@@ -29,10 +29,11 @@ from typing import Dict, List, Optional
 import torch
 
 from kdlab import distributed
+from kdlab.choices import OnNan, values
 
 log = logging.getLogger(__name__)
 
-ON_NAN = ("stop", "skip")
+ON_NAN = values(OnNan)
 
 
 class NonFiniteGuard:

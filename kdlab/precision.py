@@ -6,14 +6,13 @@ import contextlib
 
 import torch
 
-from kdlab.errors import ConfigError
+from kdlab.choices import Precision, check
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = {Precision.fp32: None, Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision not in PRECISIONS:
-        raise ConfigError(f"hardware.precision={precision!r}: valid values are {', '.join(PRECISIONS)}")
+    check("hardware.precision", precision, Precision)
     dtype = PRECISIONS[precision]
     if dtype is None:
         return contextlib.nullcontext()

@@ -29,7 +29,7 @@ from transformers import set_seed
 
 from kdlab import cache_keys, checkpoint, distributed, products, teacher_cache, teacher_outputs, token_cache
 from kdlab.batching import PairedDataset, WithTransfer, loader
-from kdlab.config import Config
+from kdlab.config import Config, LoopConfig
 from kdlab.data import get_task, load_split, score
 from kdlab.data import transfer as transfer_data
 from kdlab.errors import ConfigError
@@ -41,22 +41,16 @@ from kdlab.models import STUDENTS, TEACHERS, Loaded, count_params
 from kdlab.objective import build_objective, fine_tune_objective
 from kdlab.report import format_table
 from kdlab.tracking import RESULTS_FILE, NullTracker, Tracker, write_json_atomic
-from kdlab.trainer import LoopResult, LoopSettings, train
+from kdlab.trainer import LoopResult, train
 from kdlab.validation import check_pair, same_tokenizer, validate
 
 log = logging.getLogger(__name__)
 
 
-def loop_settings(node: Any, trainer: Any, seed: int) -> LoopSettings:
-    """Loop settings from ``trainer`` or ``teacher.finetune`` (which has no eval/ckpt keys)."""
-    keys = ("eval_strategy", "eval_every", "select", "patience", "save_every", "keep_last", "on_nan")
-    extra = {k: getattr(node, k) for k in keys if k in node}
-    return LoopSettings(
-        epochs=node.epochs, max_steps=node.max_steps, batch_size=node.batch_size, lr=node.lr,
-        weight_decay=node.weight_decay, warmup_ratio=node.warmup_ratio,
-        max_grad_norm=node.max_grad_norm, grad_accum=node.grad_accum, log_every=trainer.log_every,
-        progress=trainer.progress, seed=seed, **extra,
-    )
+def loop_config(node: Any) -> LoopConfig:
+    """The ``LoopConfig`` of a config node (``trainer``, ``teacher.finetune``), every key
+    as the config says (its interpolations resolved)."""
+    return OmegaConf.to_object(node)
 
 
 class Experiment:
@@ -135,7 +129,7 @@ class Experiment:
         if ckpt is not None and checkpoint.list_checkpoints(ckpt):
             log.info("resuming the teacher's fine-tuning from %s", ckpt)
         train(loaded.model, train_ds, self.family, fine_tune_objective(),
-              loop_settings(ft, self.cfg.trainer, ft.seed), self.tracker, "teacher_finetune",
+              loop_config(ft), self.tracker, "teacher_finetune",
               self.device, self.precision, checkpoint_dir=ckpt, resume=ckpt is not None,
               meta={"config": {"teacher_cache_key": key}})
         if distributed.is_main():
@@ -195,7 +189,7 @@ class Experiment:
             _copy_checkpoints(resume_dir / "checkpoints" / phase, ckpt_dir)
         result = train(
             student.model, train_ds, self.family, objective,
-            loop_settings(self.cfg.trainer, self.cfg.trainer, self.cfg.seed), self.tracker, phase,
+            loop_config(self.cfg.trainer), self.tracker, phase,
             self.device, self.precision, teacher_outputs=outputs,
             evaluate=lambda m: self.evaluate(m, evals), metric=self.task.metric,
             checkpoint_dir=ckpt_dir, resume=resume_dir is not None, meta=meta,
@@ -210,14 +204,9 @@ class Experiment:
             recipe = term.recipe
 
             def fit(model: torch.nn.Module, family: Any, lr: float, phase: str, recipe=recipe) -> None:
-                settings = LoopSettings(
-                    epochs=recipe.epochs, max_steps=recipe.max_steps, batch_size=recipe.batch_size, lr=lr,
-                    weight_decay=tr.weight_decay, warmup_ratio=recipe.warmup_ratio,
-                    max_grad_norm=tr.max_grad_norm, grad_accum=1, log_every=tr.log_every,
-                    progress=tr.progress, seed=recipe.seed)
                 set_seed(recipe.seed)
-                train(model, train_ds, family, fine_tune_objective(), settings, self.tracker, phase,
-                      self.device, self.precision)
+                train(model, train_ds, family, fine_tune_objective(), recipe.loop(loop_config(tr), lr),
+                      self.tracker, phase, self.device, self.precision)
 
             training = {"weight_decay": tr.weight_decay, "max_grad_norm": tr.max_grad_norm,
                         "precision": self.precision, "world_size": distributed.world_size()}

@@ -28,40 +28,18 @@ from transformers import get_linear_schedule_with_warmup
 
 from kdlab import checkpoint, distributed
 from kdlab.compilation import maybe_compile
+from kdlab.config import LoopConfig
 from kdlab.families.base import Family, Outputs
-from kdlab.nonfinite import ON_NAN, NonFiniteGuard  # noqa: F401  (ON_NAN: trainer.on_nan's values)
+from kdlab.nonfinite import NonFiniteGuard
 from kdlab.objective import Objective
 from kdlab.precision import autocast
 from kdlab.tracking import DeviceMeans, Tracker
 
 log = logging.getLogger(__name__)
 
-EVAL_STRATEGIES = ("end", "epoch", "steps")
-SELECT = ("last", "best")
-
-
-@dataclass
-class LoopSettings:
-    """What one training loop needs; filled from ``trainer`` or ``teacher.finetune``."""
-
-    epochs: float
-    max_steps: int
-    batch_size: int
-    lr: float
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.0
-    max_grad_norm: float = 1.0
-    grad_accum: int = 1
-    log_every: int = 10
-    progress: bool = True
-    eval_strategy: str = "end"
-    eval_every: int = 0
-    select: str = "last"
-    patience: int = 0
-    save_every: int = 0
-    keep_last: int = 2
-    on_nan: str = "stop"
-    seed: int = 0
+# The loop's settings are the schema's ``LoopConfig`` (``trainer``, ``teacher.finetune``, a
+# term's pre-stage); the former name stays for callers that build them by hand.
+LoopSettings = LoopConfig
 
 
 @dataclass
@@ -97,14 +75,14 @@ class EpochSampler(torch.utils.data.Sampler):
         return len(self.indices()) - self.skip_batches * self.batch_size
 
 
-def total_steps(settings: LoopSettings, batches_per_epoch: int) -> int:
+def total_steps(settings: LoopConfig, batches_per_epoch: int) -> int:
     """Optimiser steps: ``max_steps``, or ``epochs`` worth of (accumulated) batches."""
     if settings.max_steps > 0:
         return settings.max_steps
     return max(1, math.ceil(settings.epochs * batches_per_epoch / settings.grad_accum))
 
 
-def total_epochs(settings: LoopSettings, batches_per_epoch: int) -> int:
+def total_epochs(settings: LoopConfig, batches_per_epoch: int) -> int:
     """Data epochs the loop runs, a partial last one counted (the KD temperature's per-epoch
     schedule reads it): ``ceil(epochs)``, or the epochs that ``max_steps`` spans."""
     if settings.max_steps > 0:
@@ -121,7 +99,7 @@ def train(
     dataset: Any,
     family: Family,
     objective: Objective,
-    settings: LoopSettings,
+    settings: LoopConfig,
     tracker: Tracker,
     phase: str,
     device: torch.device,

@@ -6,18 +6,12 @@ from typing import Any, Optional, Sequence
 
 from omegaconf import OmegaConf
 
-from kdlab.config import Config
+from kdlab.config import Config, LoopConfig
 from kdlab.config_keys import check_known_keys
 from kdlab.data import get_task
 from kdlab.errors import ConfigError
 from kdlab.families import FAMILIES, get_family
 from kdlab.models import STUDENTS, TEACHERS, Loaded
-from kdlab.precision import PRECISIONS
-from kdlab.trainer import EVAL_STRATEGIES, ON_NAN, SELECT
-
-DEVICES = ("cpu", "cuda")
-BAD_ROW_POLICIES = ("error", "skip")
-RANK_SCORING = ("sum", "mean")
 
 
 def _positive(key: str, value: float) -> None:
@@ -25,12 +19,9 @@ def _positive(key: str, value: float) -> None:
         raise ConfigError(f"{key}={value}: must be > 0")
 
 
-def _choice(key: str, value: str, choices) -> None:
-    if value not in choices:
-        raise ConfigError(f"{key}={value!r}: valid values are {', '.join(choices)}")
-
-
 def validate(cfg: Config) -> None:
+    """The schema has refused unknown keys, ill-typed values and unknown choices already
+    (``kdlab.choices``); this checks ranges, names in registries and combinations."""
     import torch
 
     check_known_keys(cfg)  # first: a key added with + that nothing reads
@@ -39,33 +30,42 @@ def validate(cfg: Config) -> None:
     STUDENTS.get(cfg.student.name)
     FAMILIES.get(cfg.teacher.family)
     get_family(cfg.teacher.family).check_task(task)  # e.g. COPA needs a generative family
-    _choice("hardware.device", cfg.hardware.device, DEVICES)
-    _choice("hardware.precision", cfg.hardware.precision, PRECISIONS)
     if cfg.hardware.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("hardware.device=cuda but this machine has no CUDA device; use hardware=cpu")
     if cfg.student.tokenizer != "teacher" and cfg.student.name != "shrunk":
         raise ConfigError(f"student.tokenizer={cfg.student.tokenizer!r} applies to student=shrunk only "
                           f"(student={cfg.student.name} comes with its own or the teacher's tokenizer)")
-    _choice("dataset.on_bad_row", cfg.dataset.on_bad_row, BAD_ROW_POLICIES)
-    _choice("dataset.rank_scoring", cfg.dataset.rank_scoring, RANK_SCORING)
     _positive("dataset.max_length", cfg.dataset.max_length)
-    t = cfg.trainer
-    _choice("trainer.eval_strategy", t.eval_strategy, EVAL_STRATEGIES)
-    _choice("trainer.select", t.select, SELECT)
-    _choice("trainer.on_nan", t.on_nan, ON_NAN)
-    if t.eval_strategy == "steps":
-        _positive("trainer.eval_every", t.eval_every)
-    _positive("trainer.eval_batch_size", t.eval_batch_size)
-    _positive("trainer.keep_last", t.keep_last)
+    _positive("trainer.eval_batch_size", cfg.trainer.eval_batch_size)
     for node in ("trainer", "teacher.finetune"):
-        loop = OmegaConf.select(cfg, node)
-        _positive(f"{node}.batch_size", loop.batch_size)
-        _positive(f"{node}.grad_accum", loop.grad_accum)
-        _positive(f"{node}.lr", loop.lr)
-        if loop.max_steps <= 0:
-            _positive(f"{node}.epochs", loop.epochs)
-        if not 0 <= loop.warmup_ratio < 1:
-            raise ConfigError(f"{node}.warmup_ratio={loop.warmup_ratio}: must be in [0, 1)")
+        check_loop(node, OmegaConf.select(cfg, node))
+    _not_evaluated("teacher.finetune", cfg.teacher.finetune)
+
+
+def check_loop(node: str, loop: Any) -> None:
+    """The ranges of a ``LoopConfig`` (``node``: its key, for messages)."""
+    _positive(f"{node}.batch_size", loop.batch_size)
+    _positive(f"{node}.grad_accum", loop.grad_accum)
+    _positive(f"{node}.lr", loop.lr)
+    _positive(f"{node}.keep_last", loop.keep_last)
+    _positive(f"{node}.log_every", loop.log_every)
+    if loop.max_steps <= 0:
+        _positive(f"{node}.epochs", loop.epochs)
+    if not 0 <= loop.warmup_ratio < 1:
+        raise ConfigError(f"{node}.warmup_ratio={loop.warmup_ratio}: must be in [0, 1)")
+    if loop.eval_strategy == "steps":
+        _positive(f"{node}.eval_every", loop.eval_every)
+
+
+def _not_evaluated(node: str, loop: Any) -> None:
+    """A loop without a dev set (the teacher's fine-tuning) refuses evaluation settings
+    rather than ignoring them."""
+    defaults = LoopConfig()
+    for key in ("eval_strategy", "eval_every", "select", "patience"):
+        if getattr(loop, key) != getattr(defaults, key):
+            raise ConfigError(f"{node}.{key}={getattr(loop, key)}: the teacher's fine-tuning is not evaluated on "
+                              f"dev (it ends with its last step); leave {node}.{key} at "
+                              f"{getattr(defaults, key)} and evaluate the teacher with kdlab-eval")
 
 
 def check_pair(teacher: Loaded, student: Loaded, num_labels: int, family: str = "encoder",

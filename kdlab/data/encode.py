@@ -18,12 +18,13 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from kdlab import cache_keys
+from kdlab.choices import Truncation, values
 from kdlab.data.examples import Example
 from kdlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-TRUNCATION = ("longest_first", "only_first", "only_second")
+TRUNCATION = values(Truncation)
 Features = Dict[
     str, List[List[int]]
 ]  # input_ids, attention_mask (, token_type_ids): one list per example

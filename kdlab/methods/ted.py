@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -36,6 +36,8 @@ from omegaconf import OmegaConf
 from transformers.activations import ACT2FN
 
 from kdlab import cache_keys
+from kdlab.choices import EvalStrategy, Select
+from kdlab.config import LoopConfig
 from kdlab.errors import ConfigError
 from kdlab.families.base import Batch, Family, Outputs
 from kdlab.families.encoder import INPUTS
@@ -77,6 +79,15 @@ class StageOne:
         if recipe.epochs <= 0 and recipe.max_steps <= 0:
             raise ConfigError("stage1: give epochs > 0 or max_steps > 0")
         return recipe
+
+    def loop(self, base: LoopConfig, lr: float) -> LoopConfig:
+        """The loop of one stage I fit: the recipe's keys over the student's loop ``base``
+        (weight decay, clipping, logging, on_nan), one micro-batch a step, no evaluation
+        and no checkpoints (a fit is short, and cached once done)."""
+        return replace(base, epochs=self.epochs, max_steps=self.max_steps, batch_size=self.batch_size, lr=lr,
+                       warmup_ratio=self.warmup_ratio, grad_accum=1, seed=self.seed,
+                       eval_strategy=EvalStrategy.end, eval_every=0, select=Select.last, patience=0,
+                       save_every=0)
 
 
 def filter_layers(n_layers: int, interval: int) -> List[int]:
