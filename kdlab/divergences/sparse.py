@@ -20,9 +20,9 @@ only lower it (data-processing inequality), so the sparse KL is a lower bound of
 KL, short of it by ``sum_tail p log(p / q) - P log(P / Q)`` (``P``, ``Q`` the two tail
 masses): zero when the student's tail is proportional to the teacher's. The student is
 pulled toward the teacher's head and toward the right total tail mass, not toward the
-teacher's shape inside the tail. (DistillKit, Megatron-LM and axolotl's top-k caches
-instead renormalise over the k tokens and drop the tail; keeping it as a bucket is exact
-for what is stored.)
+teacher's shape inside the tail. (Renormalising over the k tokens and dropping the tail
+would also discard the total tail mass; keeping it as a bucket is exact for what is
+stored.)
 """
 
 from __future__ import annotations
