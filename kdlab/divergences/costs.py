@@ -9,7 +9,10 @@ keeps ``torch.cdist``'s forward (same values) and computes the gradient
     (p = 1: sign(d); p = inf: sign(d) on the coordinates reaching the max; 0 where W = 0)
 
 in row chunks of at most ``CHUNK_ELEMENTS`` differences, so its memory is
-``O(N M + (N + M) D)`` plus one chunk, on every device.
+``O(N M + (N + M) D)`` plus one chunk, on every device. On the CPU, ``torch.cdist``'s
+own backward is a fused loop that is already memory-bounded and faster (measured at
+2048 x 2048 x 200: 53 MB against 174 MB, and 2.6-4.6x less time at 1024 points), so it
+is kept there unless ``CHUNKED_ON_CPU`` (the tests set it to run the chunked code).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 from torch import Tensor
 
 CHUNK_ELEMENTS = 2**22  # differences per backward chunk (16 MB in float32)
+CHUNKED_ON_CPU = False
 
 
 def _rows_per_chunk(M: int, D: int) -> int:
@@ -81,7 +85,8 @@ class _LpDistance(torch.autograd.Function):
 def lp_distance(x: Tensor, y: Tensor, p: float) -> Tensor:
     """``[N, D] x [M, D] -> [N, M]``, ``W[i, j] = ||x_i - y_j||_p`` (``torch.cdist``'s values),
     differentiable in both arguments with a chunked, memory-bounded backward."""
-    if not (x.requires_grad or y.requires_grad) or not torch.is_grad_enabled():
+    native = x.device.type == "cpu" and not CHUNKED_ON_CPU
+    if native or not (x.requires_grad or y.requires_grad) or not torch.is_grad_enabled():
         return torch.cdist(x.unsqueeze(0), y.unsqueeze(0), p=p).squeeze(0)
     return _LpDistance.apply(x, y, float(p))
 

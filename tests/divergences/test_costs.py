@@ -19,6 +19,7 @@ PS = [1.0, 1.5, 2.0, 3.0, math.inf]
 @pytest.fixture
 def tiny_chunks(monkeypatch):
     monkeypatch.setattr(costs, "CHUNK_ELEMENTS", 40)  # a few rows per chunk
+    monkeypatch.setattr(costs, "CHUNKED_ON_CPU", True)  # the backward CUDA runs, here on the CPU
 
 
 class LargestTensor(TorchDispatchMode):
@@ -70,7 +71,7 @@ def test_gradcheck_float64(tiny_chunks, p: float) -> None:
 
 
 @pytest.mark.parametrize("p", [2.0, 3.0])
-def test_coincident_points_have_zero_gradient(p: float) -> None:
+def test_coincident_points_have_zero_gradient(tiny_chunks, p: float) -> None:
     x = logits(3, 4, seed=9)
     _, gx, gy = grads(lambda a, b: costs.lp_distance(a, b, p), x, x.clone(), torch.eye(3, dtype=x.dtype))
     assert torch.isfinite(gx).all() and torch.all(gx == 0) and torch.all(gy == 0)
@@ -83,6 +84,13 @@ def test_backward_never_builds_an_n_by_m_by_d_tensor(tiny_chunks) -> None:
     with LargestTensor() as mode:
         W.backward(torch.ones_like(W))
     assert mode.largest <= max(N * M, N * D, costs.CHUNK_ELEMENTS) < N * M * D
+
+
+def test_cpu_keeps_the_native_backward_unless_asked(monkeypatch) -> None:
+    x = logits(4, 3).requires_grad_(True)
+    assert "LpDistance" not in type(costs.lp_distance(x, logits(5, 3), 1.0).grad_fn).__name__
+    monkeypatch.setattr(costs, "CHUNKED_ON_CPU", True)
+    assert "LpDistance" in type(costs.lp_distance(x, logits(5, 3), 1.0).grad_fn).__name__
 
 
 FAITHFUL = dict(mode="faithful", temperature=2.0, scale=1.0)
