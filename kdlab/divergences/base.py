@@ -3,17 +3,21 @@
 A divergence is called as ``div(student_logits, teacher_logits, mask=None)``:
 
 - logits are ``[..., C]`` (``[B, C]`` for classification, ``[B, T, V]`` for sequences);
-- ``mask`` is ``[...]`` bool, True = keep. Masked positions are removed *before* any
-  arithmetic, so whatever they contain (even NaN or inf) cannot reach the value or the
-  gradient;
+- ``mask`` is ``[...]`` bool, True = keep. Masked positions count as removed: their
+  values and gradients are replaced by exact zeros on the device (no host
+  synchronisation), so whatever they contain (even NaN or inf) cannot reach the value or
+  the gradient;
 - the teacher side is always detached;
 - a ``-inf`` logit (vocabulary masking by an external or cached teacher) is a class of
   probability exactly 0. A class that is ``-inf`` in both inputs contributes exactly 0, as
   if it were removed, to the value and to the gradient; a class masked on one side only
   contributes what the divergence gives a zero probability there (0, or inf where the
-  divergence is infinite, e.g. reverse KL of a class the teacher masks). See ``exact_rows``;
-- half-precision inputs are upcast to float32 and autocast is disabled inside, so the
-  loss is computed in float32 whatever the caller's precision (float64 stays float64).
+  divergence is infinite, e.g. reverse KL of a class the teacher masks). See
+  ``finite_logits`` and ``LogitDivergence.infinite_rows``;
+- half-precision inputs are upcast to float32 block by block and autocast is disabled
+  inside, so the loss is computed in float32 whatever the caller's precision (float64
+  stays float64), without a float32 copy of the whole logits; the gradient is kept in the
+  logits' own dtype.
 """
 
 from __future__ import annotations
@@ -24,7 +28,10 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from kdlab.divergences.chunked import NEG_LOGIT, compute_dtype, finite_logits, position_values
 from kdlab.errors import ConfigError
+
+__all__ = ["NEG_LOGIT", "compute_dtype", "finite_logits", "position_values"]  # shared with the methods
 
 REDUCTIONS = ("mean", "sum", "batchmean")
 
@@ -63,22 +70,17 @@ def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
     return value
 
 
-def compute_dtype(x: Tensor) -> Tensor:
-    """float16/bfloat16 -> float32; float32/float64 unchanged."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
 def no_autocast(x: Tensor) -> torch.autocast:
     return torch.autocast(device_type=x.device.type, enabled=False)
 
 
-def flatten_inputs(
+def check_logits(
     student: Tensor, teacher: Tensor, mask: Optional[Tensor], min_dims: int = 1
-) -> Tuple[Tensor, Tensor, int]:
-    """Check shapes, drop masked positions, detach the teacher.
+) -> Tuple[Tensor, Tensor, Optional[Tensor], int]:
+    """Check shapes, flatten the positions, detach the teacher; no host synchronisation.
 
-    Returns ``(s [N, C], t [N, C], n_rows)`` where ``n_rows`` is the leading dimension of
-    the input (``B``), used by the ``batchmean`` reduction.
+    Returns ``(s [N, C], t [N, C], keep [N] bool or None, n_rows)`` where ``n_rows`` is the
+    leading dimension of the input (``B``), used by the ``batchmean`` reduction.
     """
     if not isinstance(student, Tensor) or not isinstance(teacher, Tensor):
         raise TypeError("student_logits and teacher_logits must be torch.Tensor")
@@ -95,6 +97,7 @@ def flatten_inputs(
     C = student.shape[-1]
     s = student.reshape(-1, C)
     t = teacher.detach().reshape(-1, C)
+    keep = None
     if mask is not None:
         if mask.shape != student.shape[:-1]:
             raise ValueError(
@@ -104,8 +107,20 @@ def flatten_inputs(
         if mask.dtype != torch.bool:
             raise ValueError(f"mask must be bool (True = keep), got {mask.dtype}")
         keep = mask.reshape(-1)
-        if not bool(keep.all()):
-            s, t = s[keep], t[keep]
+    return s, t, keep, n_rows
+
+
+def flatten_inputs(
+    student: Tensor, teacher: Tensor, mask: Optional[Tensor], min_dims: int = 1
+) -> Tuple[Tensor, Tensor, int]:
+    """``check_logits``, then drop the masked positions: ``(s [N, C], t [N, C], n_rows)``.
+
+    For divergences that couple positions (batch-wise optimal transport), which need the
+    kept rows themselves; selecting them synchronises with the host.
+    """
+    s, t, keep, n_rows = check_logits(student, teacher, mask, min_dims)
+    if keep is not None:
+        s, t = s[keep], t[keep]
     return s, t, n_rows
 
 
@@ -129,8 +144,9 @@ def check_not_probabilities(x: Tensor, which: str) -> None:
         )
 
 
-def reduce(values: Tensor, n_rows: int, reduction: str) -> Tensor:
-    """Reduce per-position values ``[N]`` (masked positions already removed).
+def reduce(values: Tensor, n_rows: int, reduction: str, keep: Optional[Tensor] = None) -> Tensor:
+    """Reduce per-position values ``[N]``, which are 0 where ``keep [N]`` is False (or
+    whose masked positions are already removed, ``keep`` None).
 
     mean: over kept positions (samples, or unmasked tokens); sum: their sum;
     batchmean: their sum divided by the leading dimension B of the input.
@@ -140,102 +156,15 @@ def reduce(values: Tensor, n_rows: int, reduction: str) -> Tensor:
         return values.sum()
     if reduction == "batchmean":
         return values.sum() / max(n_rows, 1)
-    return values.sum() / max(values.numel(), 1)
+    if keep is None:
+        return values.sum() / max(values.numel(), 1)
+    return values.sum() / keep.sum().clamp_min(1).to(values.dtype)  # on the device: no sync
 
 
-# Where the plain formulas meet 0 * log 0 or -inf - (-inf), a -inf logit is raised so that
-# it is at most this value once divided by the temperature: its probability is still
-# exactly 0 but its log-probability is finite, so a class masked in both inputs contributes
-# 0 * 0, never NaN, to the value and to the gradient. |NEG_LOGIT| * 100 (the largest
-# |alpha|) is finite in float32: the alpha-divergences' exponents cannot become inf - inf.
-NEG_LOGIT = -1e30
-
-
-def finite_logits(x: Tensor, temperature: float) -> Tensor:
-    """``x`` with ``-inf`` raised to ``NEG_LOGIT * min(T, 1)`` (finite after the division by
-    T); the gradient is 0 at the raised entries."""
-    return x.clamp_min(NEG_LOGIT * min(temperature, 1.0))
-
-
-def exact_rows(
-    div: LogitDivergence, s: Tensor, t: Tensor, with_grad: bool
-) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
-    """``(log_q, values [N], h [N, C] or None)`` of rows ``s``, ``t`` ``[N, C]``, with every
-    ``0 * log 0`` of a zero-probability class counted as 0.
-
-    The plain formulas run first; only rows whose value is NaN, which a finite input can
-    only give through ``0 * log 0`` or ``-inf - (-inf)`` of ``-inf`` logits, are computed
-    again from ``finite_logits``. The other rows keep their value, an inf where the
-    divergence is truly infinite included.
-    """
-    log_q, log_p = div.prepare(s, t)
-    if with_grad:
-        values, h = div.value_and_grad(log_q, log_p)
-    else:
-        values, h = div.pointwise(log_q, log_p), None
-    nan = values.isnan()
-    if bool(nan.any()):
-        T = div.temperature
-        log_q2, log_p2 = div.prepare(finite_logits(s, T), finite_logits(t, T))
-        if with_grad:
-            values2, h2 = div.value_and_grad(log_q2, log_p2)
-            h = torch.where(nan[:, None], h2, h)
-        else:
-            values2 = div.pointwise(log_q2, log_p2)
-        values = torch.where(nan, values2, values)
-        log_q = torch.where(nan[:, None], log_q2, log_q)
-    return log_q, values, h
-
-
-# Rows are processed in blocks of about this many elements (256 rows at V = 32000): the
-# temporaries of the elementwise passes are then block-sized instead of [N, V]. Smaller
-# blocks were faster on an idle CPU but much slower on a loaded one (every op waits for
-# its threads to be scheduled, and small blocks mean many ops).
-FUSED_BLOCK = 1 << 23
-
-
-class _FusedPointwise(torch.autograd.Function):
-    """Per-position values of a softmax divergence with a hand-written gradient.
-
-    With ``log_q = log_softmax(s / T)`` and ``h = dD/dlog q``, the gradient with respect to
-    the student logits is ``(h - q sum_c h) / T`` (the softmax Jacobian).
-    """
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx, s: Tensor, t: Tensor, div: LogitDivergence, exact: bool
-    ) -> Tensor:
-        N, C = s.shape
-        rows = max(1, FUSED_BLOCK // max(C, 1))
-        values = s.new_empty(N)
-        log_q_all = torch.empty_like(s)
-        h_all = torch.empty_like(s)
-        for i in range(0, N, rows):
-            if exact:
-                block = exact_rows(div, s[i : i + rows], t[i : i + rows], True)
-                log_q, values[i : i + rows], h_all[i : i + rows] = block
-            else:
-                log_q, log_p = div.prepare(s[i : i + rows], t[i : i + rows])
-                values[i : i + rows], h_all[i : i + rows] = div.value_and_grad(log_q, log_p)
-            log_q_all[i : i + rows] = log_q
-        ctx.save_for_backward(log_q_all, h_all)
-        ctx.temperature = div.temperature
-        return values
-
-    @staticmethod
-    def backward(ctx, grad_values: Tensor):  # type: ignore[override]
-        log_q_all, h_all = ctx.saved_tensors
-        N, C = h_all.shape
-        rows = max(1, FUSED_BLOCK // max(C, 1))
-        scale = grad_values / ctx.temperature
-        grad = torch.empty_like(h_all)
-        for i in range(0, N, rows):
-            h = h_all[i : i + rows]
-            g = grad[i : i + rows]
-            torch.mul(log_q_all[i : i + rows].exp(), h.sum(-1, keepdim=True), out=g)
-            torch.sub(h, g, out=g)
-            g.mul_(scale[i : i + rows, None])
-        return grad, None, None, None
+def zero_against_mass(x: Tensor, log_other: Tensor) -> Tensor:
+    """``[n]`` bool: some class has a ``-inf`` logit in ``x [n, C]`` and a positive
+    probability ``exp(log_other) > 0`` on the other side."""
+    return torch.where(torch.isneginf(x), log_other, -math.inf).amax(-1).exp() > 0
 
 
 class LogitDivergence(torch.nn.Module):
@@ -286,9 +215,11 @@ class LogitDivergence(torch.nn.Module):
     def pointwise(self, log_q: Tensor, log_p: Tensor) -> Tensor:  # [N, C] x2 -> [N]
         raise NotImplementedError
 
-    # Members that define grad_log_q get a fused backward (one pass, two saved tensors)
-    # instead of autograd through every elementwise op: at V = 32000 this is what keeps
-    # them close to F.kl_div. Such members are differentiable once (no double backward).
+    # Members that define grad_log_q (or value_and_grad) get a fused backward: the
+    # gradient is computed with the value, block by block, and is the only tensor kept for
+    # the backward; at V = 32000 this is what keeps them close to F.kl_div. Such members
+    # are differentiable once (no double backward). The others are recomputed block by
+    # block with autograd in the backward. See ``kdlab.divergences.chunked``.
     fused = False
 
     def grad_log_q(self, log_q: Tensor, log_p: Tensor) -> Tensor:
@@ -300,32 +231,36 @@ class LogitDivergence(torch.nn.Module):
         """``(pointwise, grad_log_q)``; override to share intermediate tensors."""
         return self.pointwise(log_q, log_p), self.grad_log_q(log_q, log_p)
 
+    # Which zero probability makes a class term, hence the value, +inf where the other
+    # distribution has mass: "student" (q = 0, e.g. KL(p || q)), "teacher" (p = 0, e.g.
+    # KL(q || p)), "either", or None (bounded members, and those whose terms are capped).
+    infinite_at: Optional[str] = None
+
+    def infinite_rows(self, s: Tensor, t: Tensor, log_q: Tensor, log_p: Tensor) -> Optional[Tensor]:
+        """Rows ``[n]`` whose value is +inf: some class is ``-inf`` in one raw input
+        (``s``, ``t``) and has a positive probability in the other (``log_q``, ``log_p``,
+        computed from finite logits), on the side(s) named by ``infinite_at``. None when
+        the member is never infinite. Computed on the device: no host synchronisation."""
+        rows: Optional[Tensor] = None
+        if self.infinite_at in ("student", "either"):
+            rows = zero_against_mass(s, log_p)
+        if self.infinite_at in ("teacher", "either"):
+            other = zero_against_mass(t, log_q)
+            rows = other if rows is None else rows | other
+        return rows
+
     def forward(self, student_logits: Tensor, teacher_logits: Tensor, mask: Optional[Tensor] = None) -> Tensor:
-        s, t, n_rows = flatten_inputs(student_logits, teacher_logits, mask)
+        s, t, keep, n_rows = check_logits(student_logits, teacher_logits, mask)
         check_range("temperature", self.temperature, 0.0, low_open=True)  # may be set between calls
-        if self.check_inputs:
-            check_not_probabilities(s, "student_logits")
-            check_not_probabilities(t, "teacher_logits")
+        if self.check_inputs:  # opt-in: selecting the kept rows synchronises with the host
+            check_not_probabilities(s if keep is None else s[keep], "student_logits")
+            check_not_probabilities(t if keep is None else t[keep], "teacher_logits")
         self.log_cap = LOG_CAP_FP16 if student_logits.dtype == torch.float16 else LOG_CAP
         with no_autocast(s):
-            s, t = compute_dtype(s), compute_dtype(t)
-            out = reduce(self._values(s, t, exact=False), n_rows, self.reduction)
-            if math.isnan(out.item()):  # -inf logits met 0 * log 0 (rare): again, as 0
-                out = reduce(self._values(s, t, exact=True), n_rows, self.reduction)
+            out = reduce(position_values(self, s, t, keep), n_rows, self.reduction, keep)
             if self.t2:
                 out = out * (self.temperature**2)
         return out
-
-    def _values(self, s: Tensor, t: Tensor, exact: bool) -> Tensor:
-        """Per-position values ``[N]``; ``exact``: every ``0 * log 0`` counted as 0 (see
-        ``exact_rows``), at the cost of a second pass over the rows that need it."""
-        if not (torch.is_grad_enabled() and s.requires_grad):
-            return exact_rows(self, s, t, False)[1] if exact else self.pointwise(*self.prepare(s, t))
-        if self.fused:
-            return _FusedPointwise.apply(s, t, self, exact)
-        if exact:  # autograd: no NaN may enter the graph, not even in an unselected branch
-            s, t = finite_logits(s, self.temperature), finite_logits(t, self.temperature)
-        return self.pointwise(*self.prepare(s, t))
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, t2={self.t2}, reduction={self.reduction!r}"

@@ -32,6 +32,7 @@ class SoftTargetCE(LogitDivergence):
     """
 
     fused = True
+    infinite_at = "student"
 
     def pointwise(self, log_q: Tensor, log_p: Tensor) -> Tensor:
         return -(log_p.exp() * log_q).sum(-1)
@@ -49,6 +50,7 @@ class ForwardKL(LogitDivergence):
     """
 
     fused = True
+    infinite_at = "student"
 
     def pointwise(self, log_q: Tensor, log_p: Tensor) -> Tensor:
         return kl_terms(log_p, log_q).clamp_min(0.0)
@@ -66,6 +68,7 @@ class ReverseKL(LogitDivergence):
     """
 
     fused = True
+    infinite_at = "teacher"
 
     def pointwise(self, log_q: Tensor, log_p: Tensor) -> Tensor:
         return kl_terms(log_q, log_p).clamp_min(0.0)
@@ -82,6 +85,7 @@ class SymmetricKL(LogitDivergence):
     """
 
     fused = True
+    infinite_at = "either"
 
     def pointwise(self, log_q: Tensor, log_p: Tensor) -> Tensor:
         return ((log_p.exp() - log_q.exp()) * (log_p - log_q)).sum(-1)

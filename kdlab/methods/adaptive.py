@@ -51,9 +51,22 @@ class AdaptiveKL(LogitDivergence):
             w_tail = torch.where(safe, g_tail / total.clamp_min(torch.finfo(total.dtype).tiny), 0.5)
         return w_head, w_tail
 
+    fused = True
+    # +inf where either KL is; with a weight of exactly 0 the original's 0 * inf is NaN
+    infinite_at = "either"
+
     def pointwise(self, log_q: Tensor, log_p: Tensor) -> Tensor:
         w_head, w_tail = self.weights(log_q, log_p)
         return w_head * kl_terms(log_p, log_q) + w_tail * kl_terms(log_q, log_p)
+
+    def value_and_grad(self, log_q: Tensor, log_p: Tensor) -> tuple[Tensor, Tensor]:
+        """The weights are constants of the gradient: ``dD/dlog q`` is
+        ``-w_head p + w_tail q (log q - log p)`` (up to a multiple of q)."""
+        w_head, w_tail = self.weights(log_q, log_p)
+        p, q = log_p.exp(), log_q.exp()
+        q_log_ratio = q * (log_q - log_p)
+        value = w_head * kl_terms(log_p, log_q) + w_tail * q_log_ratio.sum(-1)
+        return value, q_log_ratio.mul_(w_tail[:, None]).sub_(p.mul_(w_head[:, None]))
 
     def extra_repr(self) -> str:
         return f"mu={self.mu}, " + super().extra_repr()

@@ -1,0 +1,164 @@
+"""Per-position values of a softmax divergence, computed over blocks of rows.
+
+``position_values(div, s, t, keep)`` is the one place where a ``LogitDivergence`` meets
+its ``[N, C]`` logits: the class-level call (``[B, C]``) and the token-level call
+(``[B*T, V]``, a mask over tokens) both go through it. It
+
+- works on blocks of about ``BLOCK`` elements (256 rows at V = 32,000): beyond the inputs
+  and their gradient, every temporary (the float32 upcast of half-precision logits, the
+  log-probabilities, the per-class terms) is block-sized, never ``[N, V]``;
+- never synchronises with the host: masked positions (``keep`` False) are computed like
+  the others and their values and gradients replaced by exact zeros with ``torch.where``
+  (whatever they hold, NaN included, cannot leak), and ``-inf`` logits are handled on
+  the device (``finite_logits`` and ``LogitDivergence.infinite_rows``);
+- for members with a hand-written gradient (``fused = True``) computes the gradient in the
+  same pass as the value and keeps only it, in the logits' own dtype, until the backward,
+  which scales it by the incoming gradient; for the others it keeps nothing but the
+  inputs and recomputes each block with autograd in the backward.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from kdlab.divergences.base import LogitDivergence
+
+# Rows are processed in blocks of about this many elements. Smaller blocks were faster on
+# an idle CPU but much slower on a loaded one (every op waits for its threads to be
+# scheduled, and small blocks mean many ops); on a GPU a block of 2^23 elements is large
+# enough to fill the device.
+BLOCK = 1 << 23
+
+# Where the plain formulas meet 0 * log 0 or -inf - (-inf), a -inf logit is raised so that
+# it is at most this value once divided by the temperature: its probability is still
+# exactly 0 but its log-probability is finite, so a class masked in both inputs contributes
+# 0 * 0, never NaN, to the value and to the gradient. |NEG_LOGIT| * 100 (the largest
+# |alpha|) is finite in float32: the alpha-divergences' exponents cannot become inf - inf.
+NEG_LOGIT = -1e30
+
+
+def compute_dtype(x: Tensor) -> Tensor:
+    """float16/bfloat16 -> float32; float32/float64 unchanged."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def finite_logits(x: Tensor, temperature: float) -> Tensor:
+    """``x`` in its compute dtype with ``-inf`` raised to ``NEG_LOGIT * min(T, 1)`` (finite
+    after the division by T); the gradient is 0 at the raised entries."""
+    return compute_dtype(x).clamp_min(NEG_LOGIT * min(temperature, 1.0))
+
+
+def block_rows(n_classes: int) -> int:
+    return max(1, BLOCK // max(n_classes, 1))
+
+
+def block_values(div: LogitDivergence, s: Tensor, t: Tensor, with_grad: bool) -> Tuple[Tensor, Optional[Tensor]]:
+    """``(values [n], grad [n, C] or None)`` of one block of raw logits ``s``, ``t``.
+
+    Every ``0 * log 0`` of a zero-probability class counts as 0: the formulas run on
+    ``finite_logits``, where a ``-inf`` logit has probability exactly 0 and a finite
+    log-probability. A divergence that is truly infinite (reverse KL of a class the
+    teacher masks but the student does not) stays +inf: ``div.infinite_rows`` reads those
+    rows off the raw logits. ``grad`` is ``dD/ds`` (the softmax Jacobian applied to
+    ``h = dD/dlog q``), for the fused members only.
+    """
+    T = div.temperature
+    log_q, log_p = div.prepare(finite_logits(s, T), finite_logits(t, T))
+    if with_grad:
+        values, h = div.value_and_grad(log_q, log_p)
+        grad = torch.addcmul(h, log_q.exp(), h.sum(-1, keepdim=True), value=-1.0)
+        if T != 1.0:
+            grad.div_(T)
+    else:
+        values, grad = div.pointwise(log_q, log_p), None
+    infinite = div.infinite_rows(s, t, log_q, log_p)
+    if infinite is not None:
+        values = torch.where(infinite, torch.inf, values)
+    return values, grad
+
+
+def _masked(x: Tensor, keep: Optional[Tensor]) -> Tensor:
+    """``x`` (``[n]`` or ``[n, C]``) with the rows of masked positions set to exact zeros."""
+    if keep is None:
+        return x
+    return torch.where(keep if x.dim() == 1 else keep[:, None], x, 0.0)
+
+
+class _Fused(torch.autograd.Function):
+    """Values of a member with a hand-written gradient; the backward only scales the
+    gradient computed in the forward (differentiable once)."""
+
+    @staticmethod
+    def forward(ctx, s: Tensor, t: Tensor, keep: Optional[Tensor], div: LogitDivergence) -> Tensor:  # type: ignore[override]
+        N, C = s.shape
+        rows = block_rows(C)
+        values = torch.empty(N, dtype=compute_dtype(s).dtype, device=s.device)
+        grad = torch.empty_like(s)  # [N, C] in the logits' dtype: the only saved tensor
+        for i in range(0, N, rows):
+            k = None if keep is None else keep[i : i + rows]
+            v, g = block_values(div, s[i : i + rows], t[i : i + rows], True)
+            values[i : i + rows] = _masked(v, k)
+            grad[i : i + rows] = _masked(g, k)
+        ctx.save_for_backward(grad)
+        return values
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_values: Tensor):  # type: ignore[override]
+        (grad,) = ctx.saved_tensors
+        return grad * grad_values[:, None].to(grad.dtype), None, None, None
+
+
+class _Recomputed(torch.autograd.Function):
+    """Values of a member without a hand-written gradient: the forward keeps no
+    intermediate, the backward recomputes each block with autograd."""
+
+    @staticmethod
+    def forward(ctx, s: Tensor, t: Tensor, keep: Optional[Tensor], div: LogitDivergence) -> Tensor:  # type: ignore[override]
+        ctx.div, ctx.has_keep = div, keep is not None
+        ctx.save_for_backward(s, t, keep if keep is not None else s.new_empty(0))
+        return _values_without_grad(div, s, t, keep)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_values: Tensor):  # type: ignore[override]
+        s, t, keep = ctx.saved_tensors
+        rows = block_rows(s.shape[-1])
+        grad = torch.empty_like(s)
+        for i in range(0, s.shape[0], rows):
+            with torch.enable_grad():
+                block = s[i : i + rows].detach().requires_grad_(True)
+                values = block_values(ctx.div, block, t[i : i + rows], False)[0]
+                values = values * _masked(grad_values[i : i + rows], keep[i : i + rows] if ctx.has_keep else None)
+                (g,) = torch.autograd.grad(values.sum(), block)
+            grad[i : i + rows] = _masked(g, keep[i : i + rows] if ctx.has_keep else None)
+        return grad, None, None, None
+
+
+def _values_without_grad(div: LogitDivergence, s: Tensor, t: Tensor, keep: Optional[Tensor]) -> Tensor:
+    rows = block_rows(s.shape[-1])
+    values = torch.empty(s.shape[0], dtype=compute_dtype(s).dtype, device=s.device)
+    with torch.no_grad():
+        for i in range(0, s.shape[0], rows):
+            v = block_values(div, s[i : i + rows], t[i : i + rows], False)[0]
+            values[i : i + rows] = _masked(v, None if keep is None else keep[i : i + rows])
+    return values
+
+
+def position_values(div: LogitDivergence, s: Tensor, t: Tensor, keep: Optional[Tensor] = None) -> Tensor:
+    """Per-position values ``[N]`` of ``div`` between student logits ``s [N, C]`` and
+    teacher logits ``t [N, C]`` (detached), in float32 for half-precision inputs; 0 at the
+    positions where ``keep [N]`` (bool) is False, with a zero gradient there.
+
+    The single entry point of the divergence computation: another representation of the
+    teacher (e.g. a sparse top-k) belongs next to this function, not inside a member.
+    """
+    if not (torch.is_grad_enabled() and s.requires_grad):
+        return _values_without_grad(div, s, t, keep)
+    if div.fused:
+        return _Fused.apply(s, t, keep, div)
+    return _Recomputed.apply(s, t, keep, div)
