@@ -19,7 +19,8 @@ its ``[N, C]`` logits: the class-level call (``[B, C]``) and the token-level cal
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional, Tuple
+import functools
+from typing import TYPE_CHECKING, Callable, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -88,21 +89,34 @@ def _masked(x: Tensor, keep: Optional[Tensor]) -> Tensor:
     return torch.where(keep if x.dim() == 1 else keep[:, None], x, 0.0)
 
 
+# (s_block, t_block, with_grad) -> (values [n], dvalues/ds [n, C] or None)
+BlockFn = Callable[[Tensor, Tensor, bool], Tuple[Tensor, Optional[Tensor]]]
+
+
+def _blocks(s: Tensor, t: Tensor, keep: Optional[Tensor], fn: BlockFn, grad: Optional[Tensor] = None) -> Tensor:
+    """Values ``[N]`` of ``fn`` over the row blocks of ``s [N, C]`` and ``t [N, ...]``,
+    zero where ``keep`` is False; the gradient is written into ``grad`` when one is given."""
+    N, C = s.shape
+    rows = block_rows(C)
+    values = torch.empty(N, dtype=compute_dtype(s).dtype, device=s.device)
+    for i in range(0, N, rows):
+        k = None if keep is None else keep[i : i + rows]
+        v, g = fn(s[i : i + rows], t[i : i + rows], grad is not None)
+        values[i : i + rows] = _masked(v, k)
+        if grad is not None:
+            grad[i : i + rows] = _masked(g, k)
+    return values
+
+
 class _Fused(torch.autograd.Function):
-    """Values of a member with a hand-written gradient; the backward only scales the
-    gradient computed in the forward (differentiable once)."""
+    """Per-position values ``[N]`` of a ``BlockFn``; the gradient is computed in the
+    forward and kept (in the dtype of ``s``) as the only saved tensor, the backward scales
+    it (differentiable once)."""
 
     @staticmethod
-    def forward(ctx, s: Tensor, t: Tensor, keep: Optional[Tensor], div: LogitDivergence) -> Tensor:  # type: ignore[override]
-        N, C = s.shape
-        rows = block_rows(C)
-        values = torch.empty(N, dtype=compute_dtype(s).dtype, device=s.device)
-        grad = torch.empty_like(s)  # [N, C] in the logits' dtype: the only saved tensor
-        for i in range(0, N, rows):
-            k = None if keep is None else keep[i : i + rows]
-            v, g = block_values(div, s[i : i + rows], t[i : i + rows], True)
-            values[i : i + rows] = _masked(v, k)
-            grad[i : i + rows] = _masked(g, k)
+    def forward(ctx, s: Tensor, t: Tensor, keep: Optional[Tensor], fn: BlockFn) -> Tensor:  # type: ignore[override]
+        grad = torch.empty_like(s)  # [N, C]
+        values = _blocks(s, t, keep, fn, grad)
         ctx.save_for_backward(grad)
         return values
 
@@ -110,7 +124,18 @@ class _Fused(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_values: Tensor):  # type: ignore[override]
         (grad,) = ctx.saved_tensors
-        return grad * grad_values[:, None].to(grad.dtype), None, None, None
+        out = torch.empty_like(grad)
+        rows = block_rows(grad.shape[-1])
+        for i in range(0, grad.shape[0], rows):  # scaled in float32, rounded once to grad's dtype
+            torch.mul(grad[i : i + rows], grad_values[i : i + rows, None], out=out[i : i + rows])
+        return out, None, None, None
+
+
+def _fused_or_not(s: Tensor, t: Tensor, keep: Optional[Tensor], fn: BlockFn) -> Tensor:
+    if torch.is_grad_enabled() and s.requires_grad:
+        return _Fused.apply(s, t, keep, fn)
+    with torch.no_grad():
+        return _blocks(s, t, keep, fn)
 
 
 class _Recomputed(torch.autograd.Function):
@@ -140,13 +165,8 @@ class _Recomputed(torch.autograd.Function):
 
 
 def _values_without_grad(div: LogitDivergence, s: Tensor, t: Tensor, keep: Optional[Tensor]) -> Tensor:
-    rows = block_rows(s.shape[-1])
-    values = torch.empty(s.shape[0], dtype=compute_dtype(s).dtype, device=s.device)
     with torch.no_grad():
-        for i in range(0, s.shape[0], rows):
-            v = block_values(div, s[i : i + rows], t[i : i + rows], False)[0]
-            values[i : i + rows] = _masked(v, None if keep is None else keep[i : i + rows])
-    return values
+        return _blocks(s, t, keep, functools.partial(block_values, div))
 
 
 def position_values(div: LogitDivergence, s: Tensor, t: Tensor, keep: Optional[Tensor] = None) -> Tensor:
@@ -157,8 +177,26 @@ def position_values(div: LogitDivergence, s: Tensor, t: Tensor, keep: Optional[T
     The single entry point of the divergence computation: another representation of the
     teacher (e.g. a sparse top-k) belongs next to this function, not inside a member.
     """
-    if not (torch.is_grad_enabled() and s.requires_grad):
-        return _values_without_grad(div, s, t, keep)
     if div.fused:
-        return _Fused.apply(s, t, keep, div)
-    return _Recomputed.apply(s, t, keep, div)
+        return _fused_or_not(s, t, keep, functools.partial(block_values, div))
+    if torch.is_grad_enabled() and s.requires_grad:
+        return _Recomputed.apply(s, t, keep, div)
+    return _values_without_grad(div, s, t, keep)
+
+
+def _cross_entropy_block(z: Tensor, targets: Tensor, with_grad: bool) -> Tuple[Tensor, Optional[Tensor]]:
+    log_q = torch.log_softmax(compute_dtype(z), dim=-1)
+    values = -log_q.gather(-1, targets[:, None]).squeeze(-1)
+    if not with_grad:
+        return values, None
+    grad = log_q.exp_()  # softmax - one-hot
+    grad.scatter_add_(-1, targets[:, None], grad.new_full((grad.shape[0], 1), -1.0))
+    return values, grad
+
+
+def position_cross_entropy(logits: Tensor, targets: Tensor, keep: Optional[Tensor] = None) -> Tensor:
+    """Cross-entropy ``-log softmax(logits)[target]`` per position ``[N]`` of ``logits
+    [N, V]`` and ``targets [N]`` (long, valid indices everywhere), float32 for
+    half-precision logits; 0 with a zero gradient where ``keep [N]`` is False. Blocks of
+    rows as above: no float32 copy of the whole logits."""
+    return _fused_or_not(logits, targets, keep, _cross_entropy_block)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
+import torch
 from torch import Tensor
 
 from kdlab.divergences import REGISTRY
@@ -27,6 +28,11 @@ class LogitMSE(LogitDivergence):
     def prepare(self, s: Tensor, t: Tensor) -> Tuple[Tensor, Tensor]:
         T = self.temperature
         return (s / T, t / T) if T != 1.0 else (s, t)
+
+    def infinite_rows(self, s: Tensor, t: Tensor, log_q: Tensor, log_p: Tensor) -> Optional[Tensor]:
+        """Raw logits, no probabilities: a logit that is ``-inf`` on one side only makes
+        the row +inf (one that is ``-inf`` on both sides counts as 0)."""
+        return (torch.isneginf(s) != torch.isneginf(t)).any(-1)
 
     def pointwise(self, s: Tensor, t: Tensor) -> Tensor:
         return (s - t).pow(2).mean(-1)

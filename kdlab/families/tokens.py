@@ -9,9 +9,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from kdlab.data import prompts
+from kdlab.divergences.base import reduce
+from kdlab.divergences.chunked import position_cross_entropy
 from kdlab.errors import ConfigError
 from kdlab.families.base import Family
 from kdlab.models.hf import load_lm
@@ -64,15 +65,18 @@ def slice_vocab(logits: torch.Tensor, vocab: Optional[int]) -> torch.Tensor:
 
 
 def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over the unmasked tokens, float32.
+    """Mean cross-entropy over the unmasked tokens, float32 (0 when every token is masked).
 
-    ``logits [B, T, V]``, ``targets [B, T]``, ``mask [B, T]`` bool. Masked positions are
-    removed before any arithmetic, so they get exactly zero gradient.
+    ``logits [B, T, V]``, ``targets [B, T]``, ``mask [B, T]`` bool. Every position is
+    computed, by blocks of rows, and the masked ones are replaced by exact zeros (value
+    and gradient) on the device: selecting the answer tokens would synchronise with the
+    host, and a float32 copy of the whole logits is never made.
     """
-    z = logits[mask].float()  # [N, V]
-    if z.shape[0] == 0:
-        return logits.sum() * 0.0
-    return F.cross_entropy(z, targets[mask])
+    V = logits.shape[-1]
+    keep = mask.reshape(-1)
+    safe_targets = torch.where(keep, targets.reshape(-1), 0)  # padding may hold any id
+    values = position_cross_entropy(logits.reshape(-1, V), safe_targets, keep)
+    return reduce(values, logits.shape[0], "mean", keep)
 
 
 def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,73 @@
+"""Divergences and the token loss never wait for the device: no host synchronisation in a
+class-level ``kd`` call or a token-level distillation step, forward and backward."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from kdlab.divergences import get
+from kdlab.families import get_family
+from kdlab.families.base import Outputs
+from kdlab.objective import Objective, Term
+
+aten = torch.ops.aten
+# ``.item()``, ``bool(t)``, ``float(t)`` all read a scalar with _local_scalar_dense; boolean
+# indexing and ``nonzero`` must learn an output size that only the device knows.
+SYNCING = {aten._local_scalar_dense.default, aten.nonzero.default, aten.masked_select.default}
+
+
+class CountSyncs(TorchDispatchMode):
+    """Counts the operators that make the host wait for the device (on any device: the
+    count on the CPU is the count a CUDA run would synchronise on)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        bool_index = func is aten.index.Tensor and any(
+            i is not None and i.dtype == torch.bool for i in args[1])
+        if func in SYNCING or bool_index:
+            self.seen.append(func)
+        return func(*args, **kwargs)
+
+
+def count(step) -> list:
+    with CountSyncs() as counter:
+        step()
+    return counter.seen
+
+
+def test_the_count_sees_item_and_boolean_indexing() -> None:
+    x, keep = torch.randn(4, 3), torch.tensor([True, False, True, True])
+    assert len(count(lambda: x[keep].sum().item())) == 2
+
+
+def test_class_level_kd_call_does_not_synchronise() -> None:
+    z_s, z_t = torch.randn(8, 3, requires_grad=True), torch.randn(8, 3)
+    assert count(lambda: get("kd", temperature=2.0)(z_s, z_t).backward()) == []
+
+
+def test_token_level_distillation_step_does_not_synchronise() -> None:
+    """Token cross-entropy on the answer tokens plus a masked KL term, through the
+    objective, forward and backward (bf16 logits, a class masked with -inf)."""
+    family = get_family("causal")
+    B, A, V = 3, 5, 17
+    head = torch.nn.Linear(8, V).bfloat16()
+    hidden = torch.randn(B, A, 8).bfloat16()
+    teacher = torch.randn(B, A, V).bfloat16()
+    teacher[..., 3] = -float("inf")
+    mask = torch.ones(B, A, dtype=torch.bool)
+    mask[0, :2] = mask[2, :4] = False
+    batch = {"target_ids": torch.randint(0, V, (B, A))}
+    objective = Objective(0.5, [Term("kl", 0.5, get("kl", temperature=2.0))])
+
+    def step() -> None:
+        student = Outputs(head(hidden), mask)
+        loss, _ = objective(student, family.supervised_loss(student, batch), Outputs(teacher, mask))
+        loss.backward()
+
+    assert count(step) == []
+    assert head.weight.grad is not None and torch.isfinite(head.weight.grad).all()
