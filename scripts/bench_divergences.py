@@ -9,7 +9,12 @@ Sections (printed as Markdown tables):
 - classification: every divergence at B in {16, 32, 256}, C in {2, 3};
 - sinkhorn: N student and N teacher points (probability vectors in D dimensions), L1 cost,
   eps = 0.1, kdlab's backends (dense, online_torch, KeOps) against POT and GeomLoss;
-- tokens: B*T = 4096 tokens, V = 32000, the KL family against F.kl_div(log_target=True).
+- tokens: the token-level divergences against the floor ``F.kl_div(log_target=True)`` on
+  the kept tokens' float32 log-softmaxes, with a padding mask, time and peak-memory
+  ratios: ``--device cuda`` at [8, 512, 32000] bf16 (CUDA events, the allocator's peak),
+  the CPU at [2, 256, 32000] float32.
+
+    python scripts/bench_divergences.py --device cuda   # the tokens section on a GPU
 
 Peak memory is the growth of the process's peak resident set (VmHWM, reset before each
 measured call), so it includes everything a call allocates (KeOps and NumPy too), at
@@ -189,27 +194,71 @@ def bench_sinkhorn(full: bool, match: Optional[str] = None) -> None:
     table(header, rows)
 
 
-TOKEN_FAMILY = ["kl", "rkl", "skl", "js", "tvd", "hellinger", "pearson", "neyman", "alpha",
-                "skew_kl", "skew_rkl", "kd", "mse"]
+# every divergence of the token path, with the issue's targets against the floor
+TOKEN_FAMILY = ["kl", "rkl", "tvd", "skew_kl", "skew_rkl", "js", "hellinger", "akl", "skl", "pearson",
+                "neyman", "alpha", "kd", "fdiv", "mse"]
+TOKEN_TARGET = {"akl": 2.0}  # time / floor; 1.2 for the others (peak memory: at most the floor's)
 
 
-def bench_tokens(tokens: int = 4096, vocab: int = 32000) -> None:
-    print(f"## Token level: {tokens} tokens x V = {vocab}, forward + backward\n")
+def token_inputs(shape: Tuple[int, int, int], device: torch.device, dtype: torch.dtype):
+    """Student and teacher logits ``[B, T, V]`` (scale 3) and a padding mask ``[B, T]``
+    keeping a random 60-100 % prefix of each row, as answer windows do."""
+    B, T, V = shape
     g = torch.Generator().manual_seed(0)
-    z_s = torch.randn(tokens, vocab, generator=g) * 3
-    z_t = torch.randn(tokens, vocab, generator=g) * 3
+    z_s = (torch.randn(B, T, V, generator=g) * 3).to(device, dtype)
+    z_t = (torch.randn(B, T, V, generator=g) * 3).to(device, dtype)
+    lengths = (T * (0.6 + 0.4 * torch.rand(B, generator=g))).long()
+    mask = (torch.arange(T)[None, :] < lengths[:, None]).to(device)
+    return z_s, z_t, mask
+
+
+def time_and_peak(fn: Fn, device: torch.device) -> Tuple[float, Optional[float]]:
+    """Median seconds and peak memory growth in MB of ``fn``: CUDA events and the caching
+    allocator's peak on a GPU, the process's resident set on the CPU."""
+    if device.type != "cuda":
+        return measure(fn, max_repeats=5)
+    fn()
+    times = []
+    for _ in range(10):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return statistics.median(times), (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def bench_tokens(shape: Tuple[int, int, int], device: torch.device, dtype: torch.dtype) -> None:
+    B, T, V = shape
+    z_s, z_t, mask = token_inputs(shape, device, dtype)
+    print(f"## Token level: [{B}, {T}, {V}] {str(dtype).replace('torch.', '')} logits on {device.type}, "
+          f"{int(mask.sum())} of {B * T} positions kept, forward + backward\n")
 
     def floor(s: torch.Tensor) -> torch.Tensor:
-        return F.kl_div(F.log_softmax(s, -1), F.log_softmax(z_t, -1), reduction="batchmean", log_target=True)
+        """What a user writes: select the kept tokens, KL of the float32 log-softmaxes."""
+        return F.kl_div(F.log_softmax(s[mask].float(), -1), F.log_softmax(z_t[mask].float(), -1),
+                        reduction="batchmean", log_target=True)
 
-    t0, m0 = measure(fwd_bwd(floor, z_s), max_repeats=5)
-    rows = [["F.kl_div(log_target=True) (floor)", fmt_ms(t0), fmt_mb(m0), "1.00"]]
+    t0, m0 = time_and_peak(fwd_bwd(floor, z_s), device)
+    rows = [["F.kl_div(log_target=True) (floor)", fmt_ms(t0), fmt_mb(m0), "1.00", "1.00", "-"]]
     for name in TOKEN_FAMILY:
         div = get(name)
-        t, m = measure(fwd_bwd(lambda s, div=div: div(s, z_t), z_s), max_repeats=5)
-        rows.append([name, fmt_ms(t), fmt_mb(m), f"{t / t0:.2f}"])
+        t, m = time_and_peak(fwd_bwd(lambda s, div=div: div(s, z_t, mask), z_s), device)
+        mem = "-" if m is None or not m0 else f"{m / m0:.2f}"
+        target = TOKEN_TARGET.get(name, 1.2)
+        ok = "yes" if t / t0 <= target and (m is None or m0 is None or m <= m0) else "no"
+        rows.append([name, fmt_ms(t), fmt_mb(m), f"{t / t0:.2f}", mem, f"{ok} (<= {target}x)"])
         print(f"  done {name}", file=sys.stderr, flush=True)
-    table(["divergence", "median time", "peak memory", "time / floor"], rows)
+    table(["divergence", "median time", "peak memory", "time / floor", "memory / floor", "within target"], rows)
+
+
+TOKEN_SHAPES = {"cuda": (8, 512, 32000), "cpu": (2, 256, 32000)}
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -218,18 +267,27 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--only", choices=["classification", "sinkhorn", "tokens"], help="run one section")
     parser.add_argument("--match", default=None, help="Sinkhorn: only the methods whose label contains this")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="tokens section only: cuda times [8, 512, 32000] bf16 logits (cpu: [2, 256, 32000] float32)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{'full' if args.full else 'default'} sizes\n")
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            parser.error("--device cuda needs a CUDA device")
+        if args.only not in (None, "tokens"):
+            parser.error("--device cuda runs the tokens section only")
+        args.only = "tokens"
     if args.only in (None, "classification"):
         bench_classification()
     if args.only in (None, "sinkhorn"):
         bench_sinkhorn(args.full, args.match)
     if args.only in (None, "tokens"):
-        bench_tokens()
+        device = torch.device(args.device)
+        bench_tokens(TOKEN_SHAPES[device.type], device, torch.bfloat16 if device.type == "cuda" else torch.float32)
 
 
 if __name__ == "__main__":

@@ -231,6 +231,12 @@ class LogitDivergence(torch.nn.Module):
         """``(pointwise, grad_log_q)``; override to share intermediate tensors."""
         return self.pointwise(log_q, log_p), self.grad_log_q(log_q, log_p)
 
+    def value_and_logit_grad(self, log_q: Tensor, log_p: Tensor) -> Tuple[Tensor, Tensor]:
+        """``(pointwise, dD/d(s / T))``: the softmax Jacobian applied to ``h = dD/dlog q``,
+        ``h - q sum_c h``. Override where the product has a closed form (KL: ``q - p``)."""
+        values, h = self.value_and_grad(log_q, log_p)
+        return values, torch.addcmul(h, log_q.exp(), h.sum(-1, keepdim=True), value=-1.0)
+
     # Which zero probability makes a class term, hence the value, +inf where the other
     # distribution has mass: "student" (q = 0, e.g. KL(p || q)), "teacher" (p = 0, e.g.
     # KL(q || p)), "either", or None (bounded members, and those whose terms are capped).

@@ -30,9 +30,11 @@ if TYPE_CHECKING:
 
 # Rows are processed in blocks of about this many elements. Smaller blocks were faster on
 # an idle CPU but much slower on a loaded one (every op waits for its threads to be
-# scheduled, and small blocks mean many ops); on a GPU a block of 2^23 elements is large
-# enough to fill the device.
+# scheduled, and small blocks mean many ops). On a GPU every op is a kernel launch from
+# Python: larger blocks (1024 rows at V = 32,000, about 130 MB per float32 temporary) keep
+# the launches few while the temporaries stay a fraction of the [N, V] tensors.
 BLOCK = 1 << 23
+BLOCK_GPU = 1 << 25
 
 # Where the plain formulas meet 0 * log 0 or -inf - (-inf), a -inf logit is raised so that
 # it is at most this value once divided by the temperature: its probability is still
@@ -50,11 +52,16 @@ def compute_dtype(x: Tensor) -> Tensor:
 def finite_logits(x: Tensor, temperature: float) -> Tensor:
     """``x`` in its compute dtype with ``-inf`` raised to ``NEG_LOGIT * min(T, 1)`` (finite
     after the division by T); the gradient is 0 at the raised entries."""
-    return compute_dtype(x).clamp_min(NEG_LOGIT * min(temperature, 1.0))
+    low = NEG_LOGIT * min(temperature, 1.0)
+    if x.dtype in (torch.float16, torch.bfloat16):  # raised first: the upcast then reads half the bytes
+        return x.clamp_min(max(low, torch.finfo(x.dtype).min)).float()
+    return x.clamp_min(low)
 
 
-def block_rows(n_classes: int) -> int:
-    return max(1, BLOCK // max(n_classes, 1))
+def block_rows(x: Tensor) -> int:
+    """Rows per block of ``x [N, C]`` on its device."""
+    size = BLOCK if x.device.type == "cpu" else BLOCK_GPU
+    return max(1, size // max(x.shape[-1], 1))
 
 
 def block_values(div: LogitDivergence, s: Tensor, t: Tensor, with_grad: bool) -> Tuple[Tensor, Optional[Tensor]]:
@@ -70,8 +77,7 @@ def block_values(div: LogitDivergence, s: Tensor, t: Tensor, with_grad: bool) ->
     T = div.temperature
     log_q, log_p = div.prepare(finite_logits(s, T), finite_logits(t, T))
     if with_grad:
-        values, h = div.value_and_grad(log_q, log_p)
-        grad = torch.addcmul(h, log_q.exp(), h.sum(-1, keepdim=True), value=-1.0)
+        values, grad = div.value_and_logit_grad(log_q, log_p)
         if T != 1.0:
             grad.div_(T)
     else:
@@ -97,14 +103,16 @@ def _blocks(s: Tensor, t: Tensor, keep: Optional[Tensor], fn: BlockFn, grad: Opt
     """Values ``[N]`` of ``fn`` over the row blocks of ``s [N, C]`` and ``t [N, ...]``,
     zero where ``keep`` is False; the gradient is written into ``grad`` when one is given."""
     N, C = s.shape
-    rows = block_rows(C)
+    rows = block_rows(s)
     values = torch.empty(N, dtype=compute_dtype(s).dtype, device=s.device)
     for i in range(0, N, rows):
         k = None if keep is None else keep[i : i + rows]
         v, g = fn(s[i : i + rows], t[i : i + rows], grad is not None)
         values[i : i + rows] = _masked(v, k)
         if grad is not None:
-            grad[i : i + rows] = _masked(g, k)
+            grad[i : i + rows] = g
+            if k is not None:  # in place, after the cast: a masked row may hold NaN
+                grad[i : i + rows].masked_fill_(~k[:, None], 0.0)
     return values
 
 
@@ -125,7 +133,7 @@ class _Fused(torch.autograd.Function):
     def backward(ctx, grad_values: Tensor):  # type: ignore[override]
         (grad,) = ctx.saved_tensors
         out = torch.empty_like(grad)
-        rows = block_rows(grad.shape[-1])
+        rows = block_rows(grad)
         for i in range(0, grad.shape[0], rows):  # scaled in float32, rounded once to grad's dtype
             torch.mul(grad[i : i + rows], grad_values[i : i + rows, None], out=out[i : i + rows])
         return out, None, None, None
@@ -152,7 +160,7 @@ class _Recomputed(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_values: Tensor):  # type: ignore[override]
         s, t, keep = ctx.saved_tensors
-        rows = block_rows(s.shape[-1])
+        rows = block_rows(s)
         grad = torch.empty_like(s)
         for i in range(0, s.shape[0], rows):
             with torch.enable_grad():

@@ -6,6 +6,9 @@ student, ``KL(a || b) = sum_c a_c (log a_c - log b_c)``.
 
 from __future__ import annotations
 
+from typing import Callable, Tuple
+
+import torch
 from torch import Tensor
 
 from kdlab.divergences import REGISTRY
@@ -19,6 +22,15 @@ def kl_terms(log_a: Tensor, log_b: Tensor) -> Tensor:
     finite log-probability from log_softmax, so it contributes exactly 0, never NaN.
     """
     return (log_a.exp() * (log_a - log_b)).sum(-1)
+
+
+def teacher_weighted(
+    log_q: Tensor, log_p: Tensor, pointwise: Callable[[Tensor, Tensor, Tensor], Tensor]
+) -> Tuple[Tensor, Tensor]:
+    """Value and ``dD/d(s / T) = q - p`` of a divergence whose ``dD/dlog q`` is ``-p``
+    (forward KL, soft-target cross-entropy): ``p`` is computed once for both."""
+    p = log_p.exp()
+    return pointwise(log_q, log_p, p), log_q.exp().sub_(p)
 
 
 @REGISTRY.register("kd")
@@ -35,10 +47,17 @@ class SoftTargetCE(LogitDivergence):
     infinite_at = "student"
 
     def pointwise(self, log_q: Tensor, log_p: Tensor) -> Tensor:
-        return -(log_p.exp() * log_q).sum(-1)
+        return self.pointwise_from_p(log_q, log_p, log_p.exp())
+
+    @staticmethod
+    def pointwise_from_p(log_q: Tensor, log_p: Tensor, p: Tensor) -> Tensor:
+        return -torch.einsum("...c,...c->...", p, log_q)  # no [N, C] product
 
     def grad_log_q(self, log_q: Tensor, log_p: Tensor) -> Tensor:
         return -log_p.exp()
+
+    def value_and_logit_grad(self, log_q: Tensor, log_p: Tensor) -> Tuple[Tensor, Tensor]:
+        return teacher_weighted(log_q, log_p, self.pointwise_from_p)
 
 
 @REGISTRY.register("kl")
@@ -55,8 +74,15 @@ class ForwardKL(LogitDivergence):
     def pointwise(self, log_q: Tensor, log_p: Tensor) -> Tensor:
         return kl_terms(log_p, log_q).clamp_min(0.0)
 
+    @staticmethod
+    def pointwise_from_p(log_q: Tensor, log_p: Tensor, p: Tensor) -> Tensor:
+        return torch.einsum("...c,...c->...", p, log_p - log_q).clamp_min(0.0)
+
     def grad_log_q(self, log_q: Tensor, log_p: Tensor) -> Tensor:
         return -log_p.exp()
+
+    def value_and_logit_grad(self, log_q: Tensor, log_p: Tensor) -> Tuple[Tensor, Tensor]:
+        return teacher_weighted(log_q, log_p, self.pointwise_from_p)
 
 
 @REGISTRY.register("rkl")

@@ -4,6 +4,8 @@ wutaiqiang/LLM_KD_AKL ``AKL.py`` @ff278be)."""
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -35,10 +37,13 @@ class AdaptiveKL(LogitDivergence):
         super().__init__(**kw)
         self.mu = check_range("mu", mu, 0.0, 1.0)
 
-    def weights(self, log_q: Tensor, log_p: Tensor) -> tuple[Tensor, Tensor]:
-        """``(w_head, w_tail)`` per position ``[N]``, no gradient."""
+    def weights(self, log_q: Tensor, log_p: Tensor, p: Optional[Tensor] = None,
+                q: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """``(w_head, w_tail)`` per position ``[N]``, no gradient (``p``, ``q``: the
+        probabilities, when the caller has them)."""
         with torch.no_grad():
-            p, q = log_p.exp(), log_q.exp()
+            p = log_p.exp() if p is None else p
+            q = log_q.exp() if q is None else q
             p_sorted, order = p.sort(dim=-1, descending=True)  # [N, C]
             gap = (p_sorted - q.gather(-1, order)).abs()
             tail = p_sorted.cumsum(-1) > self.mu
@@ -62,11 +67,22 @@ class AdaptiveKL(LogitDivergence):
     def value_and_grad(self, log_q: Tensor, log_p: Tensor) -> tuple[Tensor, Tensor]:
         """The weights are constants of the gradient: ``dD/dlog q`` is
         ``-w_head p + w_tail q (log q - log p)`` (up to a multiple of q)."""
-        w_head, w_tail = self.weights(log_q, log_p)
         p, q = log_p.exp(), log_q.exp()
+        w_head, w_tail = self.weights(log_q, log_p, p.detach(), q.detach())
         q_log_ratio = q * (log_q - log_p)
         value = w_head * kl_terms(log_p, log_q) + w_tail * q_log_ratio.sum(-1)
         return value, q_log_ratio.mul_(w_tail[:, None]).sub_(p.mul_(w_head[:, None]))
+
+    def value_and_logit_grad(self, log_q: Tensor, log_p: Tensor) -> tuple[Tensor, Tensor]:
+        """Closed form of the softmax Jacobian applied to the above:
+        ``w_head (q - p) + w_tail q (log q - log p - KL(q || p))``, exactly 0 when p = q."""
+        p, q = log_p.exp(), log_q.exp()
+        w_head, w_tail = self.weights(log_q, log_p, p, q)
+        q_log_ratio = q * (log_q - log_p)
+        kl_qp = q_log_ratio.sum(-1)
+        value = w_head * kl_terms(log_p, log_q) + w_tail * kl_qp
+        grad = torch.addcmul(q_log_ratio, q, kl_qp[:, None], value=-1.0).mul_(w_tail[:, None])
+        return value, grad.add_((q - p).mul_(w_head[:, None]))
 
     def extra_repr(self) -> str:
         return f"mu={self.mu}, " + super().extra_repr()
