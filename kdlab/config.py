@@ -225,6 +225,41 @@ class TrainerConfig(LoopConfig):
 
 
 @dataclass
+class OnlineTeacherConfig:
+    """The teacher's own recipe in an online phase (``kdlab.online``): its AdamW group's peak
+    rate, weight decay, clipping and loss weights. Steps, batches, warmup and the linear
+    schedule's shape are ``trainer``'s, shared by both networks."""
+
+    # true: start from the teacher the run would distil from (fine-tuned on the task, cached);
+    # false: the loaded checkpoint with a fresh task head, trained only in the online phase
+    finetuned: bool = False
+    lr: float = 5e-5
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    ce_weight: float = 1.0
+    kl_weight: float = 1.0  # dml: KL(sg p_s || p_t); bdkd: its teacher_term
+
+
+@dataclass
+class OnlineConfig:
+    """An online-distillation phase in place of offline distillation: the teacher trains
+    with the student (``kdlab.online``; docs/methods.md). ``none``: offline (the default)."""
+
+    method: str = "none"  # "none" | "dml" | "bdkd"
+    temperature: float = 1.0
+    t2: bool = False  # multiply the KL terms by T^2
+    ce_weight: float = 1.0  # the student's cross-entropy
+    kl_weight: float = 1.0  # the student's distillation term
+    # bdkd only: the forward-KL weight w = f(H(p_t) - H(p_s)) per example
+    weight_fn: str = "sigmoid"  # "sigmoid": sigmoid(scale * gap); "hard": 1 if gap > 0 else 0
+    scale: float = 1.0
+    detach_weights: bool = True
+    # bdkd's teacher term: "reverse" KL(p_t || sg p_s), "forward" KL(sg p_s || p_t), "none"
+    teacher_term: str = "reverse"
+    teacher: OnlineTeacherConfig = field(default_factory=OnlineTeacherConfig)
+
+
+@dataclass
 class LoggerConfig:
     backend: str = "wandb"  # "wandb" | "none" (local files are always written)
     mode: str = "auto"  # "online" | "offline" | "disabled" | "auto" (offline without an API key)
@@ -245,6 +280,7 @@ class Config:
     logger: LoggerConfig = MISSING
     transfer: TransferConfig = MISSING
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    online: OnlineConfig = field(default_factory=OnlineConfig)
     seed: int = 0
     # Where fine-tuned teachers and the extracted MiniLM live; shared across runs.
     cache_dir: str = "${oc.env:KDLAB_CACHE_DIR,${oc.env:HOME}/.cache/kdlab}"

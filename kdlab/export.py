@@ -44,7 +44,8 @@ AUTO_CLASSES = {"encoder": "AutoModelForSequenceClassification", "seq2seq": "Aut
                 "causal": "AutoModelForCausalLM"}
 # dataset settings that shape a model's inputs, or reproduce the run's dev scores
 DATASET_KEYS = ("max_length", "truncation", "rank_scoring", "max_eval_samples", "stratified", "on_bad_row")
-ROLES = {"student": "the distilled student", "baseline_student": "the student trained without a teacher"}
+ROLES = {"student": "the distilled student", "baseline_student": "the student trained without a teacher",
+         "online_teacher": "the teacher trained together with the student (online distillation)"}
 
 
 def prepare(model: torch.nn.Module, tokenizer: Any, family: str, task: TaskSpec) -> None:

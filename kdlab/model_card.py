@@ -9,7 +9,8 @@ from typing import Any, List, Mapping
 from omegaconf import OmegaConf
 
 PIPELINES = {"encoder": "text-classification", "seq2seq": "text2text-generation", "causal": "text-generation"}
-TITLES = {"student": "distilled student", "baseline_student": "baseline student (trained without a teacher)"}
+TITLES = {"student": "distilled student", "baseline_student": "baseline student (trained without a teacher)",
+          "online_teacher": "teacher trained online with the student"}
 
 
 def _plain(node: Any) -> Any:
@@ -89,7 +90,11 @@ def model_card(role: str, meta: Mapping[str, Any], cfg: Any, results: Mapping[st
         f"- teacher: {teacher}",
         f"- student: {student}",
     ]
-    if role == "student":
+    if cfg.online.method != "none" and role != "baseline_student":
+        o = cfg.online
+        lines += [f"- objective: online distillation `{o.method}` (teacher and student trained together; "
+                  f"T={o.temperature}, t2={o.t2}; see kdlab docs/methods.md)"]
+    elif role == "student":
         ce = obj.ce_weight if obj.ce_weight is not None else 1 - obj.alpha
         lines += [f"- objective: {obj.alpha} * KD(T={obj.kd.temperature}, t2={obj.kd.t2}, "
                   f"anneal={obj.kd.anneal}) + {ce:g} * CE"

@@ -43,8 +43,13 @@ def format_table(results: Dict[str, Any]) -> str:
         b = results["baseline_student"]
         names["baseline_student"] = "student, no distillation"
         rows.append((names["baseline_student"], b["params"], b["dev"]))
+    if "online_teacher" in results:  # trained together with the student
+        o = results["online_teacher"]
+        names["online_teacher"] = f"teacher, trained online ({o['method']})"
+        rows.append((names["online_teacher"], o["params"], o["dev"]))
     s = results["student"]
-    names["student"] = f"student, distilled ({results['divergence']})"
+    names["student"] = (f"student, online ({results['online_teacher']['method']})" if "online_teacher" in results
+                        else f"student, distilled ({results['divergence']})")
     rows.append((names["student"], s["params"], s["dev"]))
     if s.get("evaluations", 1) > 1:
         rows.append(("  (max over evaluations)", None, s["dev_best"]))

@@ -14,6 +14,7 @@ evaluations), ``student.evaluations``, ``majority``, ``baseline_student``, ``met
 
 from __future__ import annotations
 
+import copy
 import logging
 import shutil
 import time
@@ -27,7 +28,7 @@ import transformers
 from omegaconf import OmegaConf
 from transformers import set_seed
 
-from kdlab import cache_keys, checkpoint, distributed, products, teacher_cache, teacher_outputs, token_cache
+from kdlab import cache_keys, checkpoint, distributed, online, products, teacher_cache, teacher_outputs, token_cache
 from kdlab.batching import PairedDataset, WithTransfer, loader
 from kdlab.config import Config, LoopConfig
 from kdlab.data import get_task, load_split, score
@@ -104,15 +105,16 @@ class Experiment:
                              self.device, self.precision)
 
     # -- models -------------------------------------------------------------------------
-    def teacher(self) -> Loaded:
-        """The teacher with a task head: loaded, or fine-tuned once and cached on disk."""
+    def teacher(self, finetune: bool = True) -> Loaded:
+        """The teacher with a task head: loaded, or fine-tuned once and cached on disk
+        (``finetune=False``: as loaded, a fresh head left untrained, for an online phase)."""
         tcfg = self.cfg.teacher
         # A fresh task head is drawn under the recipe's seed, so the fine-tuned teacher is a
         # function of its cache key (the model as loaded, data, recipe), whatever ran before.
         set_seed(tcfg.finetune.seed)
         loaded = TEACHERS.get(tcfg.name)(tcfg, self.task.num_labels, self.cfg.cache_dir, self.family)
         self.check_objective(loaded)  # before any fine-tuning
-        if loaded.has_task_head and not tcfg.force_finetune:
+        if not finetune or (loaded.has_task_head and not tcfg.force_finetune):
             return loaded
         ft = tcfg.finetune
         examples = self.examples("train", ft.max_train_samples, ft.seed)
@@ -174,7 +176,11 @@ class Experiment:
 
     def fit_student(self, teacher: Loaded, train_ds: Any, evals: Dict[str, Any], phase: str,
                     outputs: Any = None, resume_dir: Optional[Path] = None,
-                    meta: Optional[Dict[str, Any]] = None) -> tuple[Loaded, LoopResult]:
+                    meta: Optional[Dict[str, Any]] = None,
+                    peer: Optional[Loaded] = None) -> tuple[Loaded, LoopResult]:
+        """Train a student: fine-tuned on labels (``outputs`` None), distilled from the
+        teacher's ``outputs``, or (``peer``, a copy of the teacher) trained together with
+        ``peer`` in an online phase (``kdlab.online``), which leaves ``peer`` trained too."""
         set_seed(self.cfg.seed)
         student = STUDENTS.get(self.cfg.student.name)(self.cfg.student, teacher, self.task.num_labels, self.family)
         objective = build_objective(self.cfg) if outputs is not None else fine_tune_objective()
@@ -187,6 +193,9 @@ class Experiment:
         ckpt_dir = Path(self.cfg.output_dir) / "checkpoints" / phase
         if resume_dir is not None and resume_dir != Path(self.cfg.output_dir):
             _copy_checkpoints(resume_dir / "checkpoints" / phase, ckpt_dir)
+        if peer is not None:
+            return student, online.fit(self, peer, student, train_ds, evals, ckpt_dir, resume_dir is not None, meta,
+                                       loop_config(self.cfg.trainer))
         result = train(
             student.model, train_ds, self.family, objective,
             loop_config(self.cfg.trainer), self.tracker, phase,
@@ -297,7 +306,7 @@ def run(cfg: Config) -> Dict[str, Any]:
         train_examples = exp.examples("train", cfg.dataset.max_train_samples, cfg.seed)
         eval_examples = {s: exp.examples(s, cfg.dataset.max_eval_samples, cfg.seed) for s in task.eval_splits}
         make_transfer = exp.transfer_inputs(train_examples)
-        teacher = exp.teacher()
+        teacher = exp.teacher(finetune=not online.enabled(cfg) or cfg.online.teacher.finetuned)
         exp.family.bind_tokenizer(teacher.model, teacher.tokenizer)
         train_ds = exp.encode(teacher.tokenizer, train_examples)
         evals = {split: exp.encode(teacher.tokenizer, ex) for split, ex in eval_examples.items()}
@@ -336,10 +345,15 @@ def run(cfg: Config) -> Dict[str, Any]:
             results["baseline_student"] = {"name": cfg.student.name, "params": count_params(base.model),
                                            **summarise(base_result, cfg.trainer.select)}
             students["baseline_student"] = base
-        # the teacher's logits on labelled then transfer rows (the order of t_distill)
-        outputs = exp.teacher_outputs(teacher, teacher_hash, t_distill, train_examples + transfer_examples)
-        student, result = exp.fit_student(teacher, distill_ds, s_evals, "student", outputs=outputs,
-                                          resume_dir=resume_from, meta=ckpt_meta)
+        if online.enabled(cfg):  # the teacher trains on: a copy, so "teacher" stays the one it started from
+            peer = replace(teacher, model=copy.deepcopy(teacher.model))
+            student, result = exp.fit_student(teacher, train_ds, s_evals, online.PHASE, resume_dir=resume_from,
+                                              meta=ckpt_meta, peer=peer)
+        else:
+            # the teacher's logits on labelled then transfer rows (the order of t_distill)
+            outputs = exp.teacher_outputs(teacher, teacher_hash, t_distill, train_examples + transfer_examples)
+            student, result = exp.fit_student(teacher, distill_ds, s_evals, "student", outputs=outputs,
+                                              resume_dir=resume_from, meta=ckpt_meta)
         if not distributed.is_main():  # rank 0 alone reports
             exit_code = 0
             return {}
@@ -347,6 +361,11 @@ def run(cfg: Config) -> Dict[str, Any]:
                               **summarise(result, cfg.trainer.select)}
         if isinstance(outputs, token_cache.TokenCachedTeacher):
             results["teacher_cache"] = outputs.report()
+        if online.enabled(cfg):  # the co-trained teacher's scores come out of the same evaluations
+            results["student"], peer_dev = online.split_dev(results["student"])
+            results[online.PEER] = {"name": cfg.teacher.name, "method": cfg.online.method,
+                                    "params": count_params(peer.model), **peer_dev}
+            students[online.PEER] = peer
         if transfer_examples:
             results["transfer"] = {"name": cfg.transfer.name, "examples": len(transfer_examples)}
         results.update(divergence=cfg.divergence.name, seed=cfg.seed, steps=result.steps,

@@ -90,6 +90,17 @@ def total_epochs(settings: LoopConfig, batches_per_epoch: int) -> int:
     return max(1, math.ceil(settings.epochs))
 
 
+def param_groups(model: torch.nn.Module, weight_decay: float, **extra: Any) -> List[Dict[str, Any]]:
+    """AdamW groups of ``model``: weight decay on weights, none on biases and norms; ``extra``
+    keys (``lr``, ``clip``) are added to both."""
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+    return [
+        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
+         "weight_decay": weight_decay, **extra},
+        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0, **extra},
+    ]
+
+
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
@@ -111,6 +122,7 @@ def train(
     resume: bool = False,
     meta: Optional[Dict[str, Any]] = None,
     compile: bool = False,
+    groups: Optional[List[Dict[str, Any]]] = None,
 ) -> LoopResult:
     """Train ``model`` on ``dataset``; returns the steps taken and every evaluation.
 
@@ -118,6 +130,10 @@ def train(
     ``evaluate(model)`` returns dev metrics. With ``select="best"`` the model is left with
     the weights of its best evaluation by ``metric``. ``compile``: the training forward
     through ``torch.compile`` (eager, after one warning, where compilation fails).
+    ``groups``: AdamW parameter groups in place of ``param_groups(model, weight_decay)``;
+    a group may carry its own ``lr`` (the schedule scales each group's peak rate by the
+    same factor), a ``clip`` name and ``max_grad_norm``: gradients are clipped per name
+    (the networks of an online phase, each clipped on its own) at that name's norm.
     """
     if objective.needs_teacher and teacher_outputs is None:
         raise ValueError("distillation objective without a teacher")
@@ -133,12 +149,12 @@ def train(
     steps, epochs = total_steps(settings, batches_per_epoch), total_epochs(settings, batches_per_epoch)
     model.to(device).train()
     train_model = maybe_compile(distributed.wrap(model, device), compile)
-    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
-    groups = [
-        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
-         "weight_decay": settings.weight_decay},
-        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
-    ]
+    groups = list(groups) if groups is not None else param_groups(model, settings.weight_decay)
+    clip_sets: Dict[str, List[torch.nn.Parameter]] = {}
+    clip_norms: Dict[str, float] = {}
+    for g in groups:
+        clip_sets.setdefault(g.get("clip", ""), []).extend(g["params"])
+        clip_norms[g.get("clip", "")] = g.get("max_grad_norm", settings.max_grad_norm)
     extra = list(objective.to(device).parameters())  # learned projections of feature terms
     if extra:
         groups.append({"params": extra, "weight_decay": 0.0})
@@ -237,7 +253,8 @@ def train(
             micro = 0
             distributed.average_gradients(extra)  # DDP syncs the model's gradients, not these
             scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+            grad_norm = torch.stack([torch.nn.utils.clip_grad_norm_(ps, clip_norms[k])
+                                     for k, ps in clip_sets.items()]).norm()  # the total norm before clipping
             if guard.before_step(optimizer, grad_norm, result.steps + 1, fused):
                 scaler.step(optimizer)  # a flagged step changes nothing (found_inf)
             scaler.update()

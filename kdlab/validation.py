@@ -11,6 +11,7 @@ from kdlab.config_keys import check_known_keys
 from kdlab.data import get_task
 from kdlab.errors import ConfigError
 from kdlab.families import FAMILIES, get_family
+from kdlab import online
 from kdlab.models import STUDENTS, TEACHERS, Loaded
 
 
@@ -35,6 +36,7 @@ def validate(cfg: Config) -> None:
     if cfg.student.tokenizer != "teacher" and cfg.student.name != "shrunk":
         raise ConfigError(f"student.tokenizer={cfg.student.tokenizer!r} applies to student=shrunk only "
                           f"(student={cfg.student.name} comes with its own or the teacher's tokenizer)")
+    online.check(cfg)
     _positive("dataset.max_length", cfg.dataset.max_length)
     _positive("trainer.eval_batch_size", cfg.trainer.eval_batch_size)
     for node in ("trainer", "teacher.finetune"):

@@ -1,0 +1,42 @@
+"""Online distillation: the teacher keeps training during distillation (``online.method``:
+``dml``, ``bdkd``); losses in ``losses``, the phase in ``phase``, the config checks here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kdlab.errors import ConfigError
+from kdlab.online.losses import TEACHER_TERMS, WEIGHT_FNS
+from kdlab.online.phase import METHODS, PEER, PHASE, fit, split_dev
+
+__all__ = ["METHODS", "PEER", "PHASE", "check", "enabled", "fit", "split_dev"]
+
+
+def enabled(cfg: Any) -> bool:
+    return cfg.online.method != "none"
+
+
+def check(cfg: Any) -> None:
+    """Refuse, before any model is loaded, what the online phase cannot serve."""
+    o = cfg.online
+    if o.method not in METHODS:
+        raise ConfigError(f"online.method={o.method!r}; valid: {', '.join(METHODS)}")
+    if o.weight_fn not in WEIGHT_FNS:
+        raise ConfigError(f"online.weight_fn={o.weight_fn!r}; valid: {', '.join(WEIGHT_FNS)}")
+    if o.teacher_term not in TEACHER_TERMS:
+        raise ConfigError(f"online.teacher_term={o.teacher_term!r}; valid: {', '.join(TEACHER_TERMS)}")
+    if not enabled(cfg):
+        return
+    if o.temperature <= 0:
+        raise ConfigError(f"online.temperature={o.temperature} must be > 0")
+    if cfg.teacher.family != "encoder":
+        raise ConfigError(f"online.method={o.method} needs class logits: teacher.family=encoder "
+                          f"(got {cfg.teacher.family})")
+    if cfg.divergence.name != "none" or cfg.objective.alpha != 0 or cfg.objective.terms:
+        raise ConfigError(f"online.method={o.method} computes its own losses (online.*): set divergence=none, "
+                          "objective.alpha=0 and no objective.terms")
+    if cfg.transfer.name != "none":
+        raise ConfigError(f"online.method={o.method} trains on labelled data only: set transfer=none")
+    if cfg.student.tokenizer != "teacher":
+        raise ConfigError(f"online.method={o.method} needs the student to read the teacher's tokenisation "
+                          "(student.tokenizer=teacher)")
