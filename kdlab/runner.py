@@ -28,7 +28,16 @@ import transformers
 from omegaconf import OmegaConf
 from transformers import set_seed
 
-from kdlab import cache_keys, checkpoint, distributed, online, products, teacher_cache, teacher_outputs, token_cache
+from kdlab import (
+    cache_keys,
+    checkpoint,
+    distributed,
+    online,
+    products,
+    teacher_cache,
+    teacher_outputs,
+    token_cache,
+)
 from kdlab.batching import PairedDataset, WithTransfer, loader
 from kdlab.config import Config, LoopConfig
 from kdlab.data import get_task, load_split, score

@@ -6,12 +6,12 @@ from typing import Any, Optional, Sequence
 
 from omegaconf import OmegaConf
 
+from kdlab import online
 from kdlab.config import Config, LoopConfig
 from kdlab.config_keys import check_known_keys
 from kdlab.data import get_task
 from kdlab.errors import ConfigError
 from kdlab.families import FAMILIES, get_family
-from kdlab import online
 from kdlab.models import STUDENTS, TEACHERS, Loaded
 
 

@@ -10,6 +10,7 @@ Outputs ``<name>.md``, ``.tex``, ``.csv`` (``writers``) and ``.png`` (``plot``).
 See docs/reproducing.md.
 """
 
+from kdlab.tables import reliability
 from kdlab.tables.cells import (
     AVERAGE,
     Cell,
@@ -20,7 +21,6 @@ from kdlab.tables.cells import (
     read_reference,
 )
 from kdlab.tables.cli import main, write_all
-from kdlab.tables import reliability
 from kdlab.tables.plot import plot
 from kdlab.tables.rows import METHOD_NAMES, TEACHER, find_runs, task_label
 from kdlab.tables.runs import PROTOCOLS, Run, TableError, planned_jobs
