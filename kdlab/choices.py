@@ -67,6 +67,30 @@ class OnNan(StrEnum):
     skip = "skip"
 
 
+class OnlineMethod(StrEnum):
+    """``online.method``: offline distillation, deep mutual learning, or kdlab's balanced
+    forward/reverse KL reconstruction (``kdlab.online``)."""
+
+    none = "none"
+    dml = "dml"
+    bdkd = "bdkd"
+
+
+class WeightFn(StrEnum):
+    """``online.weight_fn``: the forward-KL weight of an example from the entropy gap."""
+
+    sigmoid = "sigmoid"
+    hard = "hard"
+
+
+class TeacherTerm(StrEnum):
+    """``online.teacher_term``: the online teacher's KL term (``kdlab.online.losses``)."""
+
+    reverse = "reverse"
+    forward = "forward"
+    none = "none"
+
+
 def values(choice: Type[StrEnum]) -> List[str]:
     return [m.value for m in choice]
 

@@ -25,7 +25,19 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING
 
-from kdlab.choices import Device, EvalStrategy, OnBadRow, OnNan, Precision, RankScoring, Select, Truncation
+from kdlab.choices import (
+    Device,
+    EvalStrategy,
+    OnBadRow,
+    OnlineMethod,
+    OnNan,
+    Precision,
+    RankScoring,
+    Select,
+    TeacherTerm,
+    Truncation,
+    WeightFn,
+)
 
 
 @dataclass
@@ -245,17 +257,17 @@ class OnlineConfig:
     """An online-distillation phase in place of offline distillation: the teacher trains
     with the student (``kdlab.online``; docs/methods.md). ``none``: offline (the default)."""
 
-    method: str = "none"  # "none" | "dml" | "bdkd"
+    method: OnlineMethod = OnlineMethod.none
     temperature: float = 1.0
     t2: bool = False  # multiply the KL terms by T^2
     ce_weight: float = 1.0  # the student's cross-entropy
     kl_weight: float = 1.0  # the student's distillation term
     # bdkd only: the forward-KL weight w = f(H(p_t) - H(p_s)) per example
-    weight_fn: str = "sigmoid"  # "sigmoid": sigmoid(scale * gap); "hard": 1 if gap > 0 else 0
+    weight_fn: WeightFn = WeightFn.sigmoid  # sigmoid(scale * gap), or hard: 1 if gap > 0 else 0
     scale: float = 1.0
     detach_weights: bool = True
     # bdkd's teacher term: "reverse" KL(p_t || sg p_s), "forward" KL(sg p_s || p_t), "none"
-    teacher_term: str = "reverse"
+    teacher_term: TeacherTerm = TeacherTerm.reverse
     teacher: OnlineTeacherConfig = field(default_factory=OnlineTeacherConfig)
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from kdlab import choices
+from kdlab.choices import OnlineMethod, TeacherTerm, WeightFn
 from kdlab.errors import ConfigError
-from kdlab.online.losses import TEACHER_TERMS, WEIGHT_FNS
-from kdlab.online.phase import METHODS, PEER, PHASE, fit, split_dev
+from kdlab.online.phase import PEER, PHASE, fit, split_dev
 
-__all__ = ["METHODS", "PEER", "PHASE", "check", "enabled", "fit", "split_dev"]
+__all__ = ["PEER", "PHASE", "check", "enabled", "fit", "split_dev"]
 
 
 def enabled(cfg: Any) -> bool:
@@ -19,12 +20,9 @@ def enabled(cfg: Any) -> bool:
 def check(cfg: Any) -> None:
     """Refuse, before any model is loaded, what the online phase cannot serve."""
     o = cfg.online
-    if o.method not in METHODS:
-        raise ConfigError(f"online.method={o.method!r}; valid: {', '.join(METHODS)}")
-    if o.weight_fn not in WEIGHT_FNS:
-        raise ConfigError(f"online.weight_fn={o.weight_fn!r}; valid: {', '.join(WEIGHT_FNS)}")
-    if o.teacher_term not in TEACHER_TERMS:
-        raise ConfigError(f"online.teacher_term={o.teacher_term!r}; valid: {', '.join(TEACHER_TERMS)}")
+    choices.check("online.method", o.method, OnlineMethod)  # the Python API bypasses the schema
+    choices.check("online.weight_fn", o.weight_fn, WeightFn)
+    choices.check("online.teacher_term", o.teacher_term, TeacherTerm)
     if not enabled(cfg):
         return
     if o.temperature <= 0:

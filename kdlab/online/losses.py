@@ -27,8 +27,7 @@ from typing import Dict, Tuple
 
 import torch
 
-WEIGHT_FNS = ("sigmoid", "hard")
-TEACHER_TERMS = ("reverse", "forward", "none")
+from kdlab.choices import TeacherTerm, WeightFn, values
 
 
 def kl(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
@@ -62,7 +61,7 @@ def forward_weights(lt: torch.Tensor, ls: torch.Tensor, weight_fn: str, scale: f
         return torch.sigmoid(scale * gap)
     if weight_fn == "hard":
         return (gap > 0).to(gap.dtype)
-    raise ValueError(f"weight_fn={weight_fn!r}; valid: {', '.join(WEIGHT_FNS)}")
+    raise ValueError(f"weight_fn={weight_fn!r}; valid: {', '.join(values(WeightFn))}")
 
 
 def balanced(z_t: torch.Tensor, z_s: torch.Tensor, temperature: float = 1.0, t2: bool = False,
@@ -82,5 +81,5 @@ def balanced(z_t: torch.Tensor, z_s: torch.Tensor, temperature: float = 1.0, t2:
     elif teacher_term == "none":
         teacher = z_t.sum() * 0.0
     else:
-        raise ValueError(f"teacher_term={teacher_term!r}; valid: {', '.join(TEACHER_TERMS)}")
+        raise ValueError(f"teacher_term={teacher_term!r}; valid: {', '.join(values(TeacherTerm))}")
     return student, teacher, {"forward_weight": w.detach().mean()}

@@ -26,7 +26,6 @@ from kdlab.trainer import LoopResult, param_groups, train
 
 PHASE = "online"  # the loop's phase name: logged keys, checkpoints/online/
 PEER = "online_teacher"  # results.json key and evaluation prefix of the co-trained teacher
-METHODS = ("none", "dml", "bdkd")
 
 
 class Peers(torch.nn.Module):
