@@ -355,7 +355,7 @@ def run(cfg: Config) -> Dict[str, Any]:
                                            **summarise(base_result, cfg.trainer.select)}
             students["baseline_student"] = base
         if online.enabled(cfg):  # the teacher trains on: a copy, so "teacher" stays the one it started from
-            peer = replace(teacher, model=copy.deepcopy(teacher.model))
+            peer, outputs = replace(teacher, model=copy.deepcopy(teacher.model)), None
             student, result = exp.fit_student(teacher, train_ds, s_evals, online.PHASE, resume_dir=resume_from,
                                               meta=ckpt_meta, peer=peer)
         else:
