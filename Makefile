@@ -45,9 +45,10 @@ clean:
 	rm -rf outputs multirun .pytest_cache
 
 .PHONY: bench-gpu
-bench-gpu:  ## on a CUDA machine: the GPU tests, then kdlab's student step against a plain PyTorch loop (ratios)
+bench-gpu:  ## on a CUDA machine: the GPU tests, then kdlab's student step against a plain PyTorch loop and the token-level divergences against F.kl_div (ratios)
 	$(BIN)/pytest -q -m gpu -rs; status=$$?; \
-	$(BIN)/python scripts/bench_gpu.py --device cuda && exit $$status
+	$(BIN)/python scripts/bench_gpu.py --device cuda && \
+	$(BIN)/python scripts/bench_divergences.py --device cuda && exit $$status
 
 # -- SinKD tables (docs/reproducing.md): one Hydra multirun per table, then kdlab-table ------
 # Every invocation sweeps into a fresh directory, so a rerun never mixes with stale results.
