@@ -21,7 +21,7 @@ The value is the mean over layer pairs; the teacher side is detached; float32 th
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -34,14 +34,15 @@ FEATURE_TERMS: Registry = Registry("feature term")
 LOSSES = ("mse", "cosine")
 
 
-def _distance(s: torch.Tensor, t: torch.Tensor, loss: str) -> torch.Tensor:
+def distance(s: torch.Tensor, t: torch.Tensor, loss: str) -> torch.Tensor:
     """``s, t [N, ..., D]`` -> scalar: MSE over everything, or mean (1 - cosine) over rows of D."""
     if loss == "mse":
         return F.mse_loss(s, t)
     return (1.0 - F.cosine_similarity(s, t, dim=-1, eps=1e-8)).mean()
 
 
-def _layer_count(config, stack: str) -> int:
+def layer_count(config: Any, stack: str) -> int:
+    """The blocks of ``stack`` in a model config (an encoder-decoder may give its decoder its own count)."""
     if stack == "decoder" and getattr(config, "num_decoder_layers", None) is not None:
         return int(config.num_decoder_layers)
     return int(config.num_hidden_layers)
@@ -76,7 +77,7 @@ class LayerMatch(torch.nn.Module):
         self.stack = self.resolve_stack(stacks)
         last = 0 if self.kind == "hidden_states" else 1  # hidden: 0..n, attention: 0..n-1
         for who, model, col in (("teacher", teacher, 0), ("student", student, 1)):
-            n = _layer_count(model.config, self.stack)
+            n = layer_count(model.config, self.stack)
             bad = [p[col] for p in self.pairs if not 0 <= p[col] <= n - last]
             if bad:
                 raise ConfigError(f"layers: {who} layer(s) {bad} out of range [0, {n - last}] for the "
@@ -104,7 +105,7 @@ class HiddenStateMatch(LayerMatch):
         values = []
         for (lt, ls), proj in zip(self.pairs, self.proj, strict=True):
             s = proj(h_s[ls][mask].float())  # [N, H_t]
-            values.append(_distance(s, h_t[lt][mask].float().detach(), self.loss))
+            values.append(distance(s, h_t[lt][mask].float().detach(), self.loss))
         return torch.stack(values).mean()
 
 
@@ -124,5 +125,5 @@ class AttentionMatch(LayerMatch):
             t = a_t[lt].transpose(1, 2)[mask].float().detach()
             if self.average_heads:
                 s, t = s.mean(1), t.mean(1)
-            values.append(_distance(s, t, self.loss))
+            values.append(distance(s, t, self.loss))
         return torch.stack(values).mean()

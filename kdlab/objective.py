@@ -25,7 +25,7 @@ from kdlab.errors import ConfigError
 from kdlab.families import FAMILIES
 from kdlab.families.base import Outputs
 from kdlab.features import FEATURE_TERMS, LayerMatch
-from kdlab.methods import LABEL_TERMS, labelled, layers, ted  # noqa: F401  (registration)
+from kdlab.methods import LABEL_TERMS
 
 NO_DIVERGENCE = "none"
 # Names of logged parts that are not terms: a term may not take them.

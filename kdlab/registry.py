@@ -9,8 +9,10 @@ fails before any model is loaded.
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
 import logging
+import pkgutil
 import typing
 from collections.abc import Mapping as MappingABC
 from collections.abc import Sequence as SequenceABC
@@ -148,3 +150,14 @@ class Registry(Generic[T]):
         """Check ``params`` against the builder's signature, then call it."""
         self.check_params(name, params)
         return self.get(name)(*args, **params)
+
+
+def discover(package: str) -> List[str]:
+    """Import every public module of ``package`` (a file ``name.py`` or a folder, names
+    without a leading underscore), so that what they register is there: a new divergence
+    or method is one new file, found without editing a list of imports."""
+    pkg = importlib.import_module(package)
+    names = [m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_")]
+    for name in sorted(names):
+        importlib.import_module(f"{package}.{name}")
+    return sorted(names)

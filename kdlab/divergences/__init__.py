@@ -1,5 +1,9 @@
 """The divergence library: ``get(name, **params)`` returns a ``torch.nn.Module``.
 
+Each module of this folder is imported on first use (``kdlab.registry.discover``): a new
+divergence is one file here, registered with ``@REGISTRY.register("name")``, plus its
+option file ``kdlab/configs/divergence/<name>.yaml`` (see docs/extending.md).
+
 Calling ``div(student_logits, teacher_logits, mask=None)`` returns a scalar tensor.
 Logits are ``[..., C]``; ``mask`` (``[...]``, bool) excludes positions exactly.
 """
@@ -10,7 +14,7 @@ from typing import Any, List
 
 import torch
 
-from kdlab.registry import Registry
+from kdlab.registry import Registry, discover
 
 REGISTRY: Registry = Registry("divergence")
 
@@ -24,6 +28,7 @@ def names() -> List[str]:
     return REGISTRY.names()
 
 
-# Importing the families registers them.
-from kdlab.divergences import fdiv, kl, mse, sinkhorn  # noqa: E402,F401
-from kdlab.methods import adaptive, universal  # noqa: E402,F401  (methods of the literature)
+# Importing the modules registers them: every file of this folder, then the methods of the
+# literature (kdlab/methods/, where AKL and ULD register as divergences).
+discover(__name__)
+discover("kdlab.methods")

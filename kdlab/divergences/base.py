@@ -23,7 +23,7 @@ A divergence is called as ``div(student_logits, teacher_logits, mask=None)``:
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -189,6 +189,11 @@ class LogitDivergence(torch.nn.Module):
     # Compares softmax distributions over the classes, which are all 1 on a single output
     # (a regression head): the objective refuses such a term there (it would be 0).
     needs_class_distributions = True
+    # What the generic tests (tests/divergences/test_family.py, which list the registered
+    # divergences) rely on: the value is 0 when the inputs are equal (False for a cross-
+    # entropy), and parameters other than the defaults to exercise a parametric member with.
+    zero_on_identical = True
+    example_params: Dict[str, Any] = {}
 
     def __init__(
         self,

@@ -68,6 +68,8 @@ class GeneralizedJSD(LogitDivergence):
     KL(q || p). Agarwal et al., "On-Policy Distillation of Language Models", ICLR 2024.
     """
 
+    example_params = {"beta": 0.3}
+
     def __init__(self, beta: float = 0.5, **kw) -> None:
         super().__init__(**kw)
         self.beta = check_range("beta", beta, 0.0, 1.0)
@@ -117,6 +119,8 @@ class AlphaDivergence(LogitDivergence):
     Pearson chi^2, ``alpha = -1`` half the Neyman chi^2. For alpha outside [0, 1] each
     class term is capped (see ``kdlab.divergences.base.LOG_CAP``).
     """
+
+    example_params = {"alpha": 0.7}
 
     def __init__(self, alpha: float = 0.5, **kw) -> None:
         super().__init__(**kw)
@@ -196,6 +200,8 @@ class SkewKL(LogitDivergence):
     DistiLLM's default skew is 0.1 at T = 1.
     """
 
+    example_params = {"skew": 0.1}
+
     def __init__(self, skew: float = 0.1, **kw) -> None:
         super().__init__(**kw)
         self.skew = check_range("skew", skew, 0.0, 1.0, high_open=True)
@@ -218,6 +224,8 @@ class SkewReverseKL(LogitDivergence):
 
     ``skew = 0`` is KL(q || p). DistiLLM's default skew is 0.1 at T = 1.
     """
+
+    example_params = {"skew": 0.1}
 
     def __init__(self, skew: float = 0.1, **kw) -> None:
         super().__init__(**kw)
@@ -281,6 +289,8 @@ class FDivergence(LogitDivergence):
     For experimenting with new generators and for checking the named members; the named
     members are faster and exact for any ratio.
     """
+
+    example_params = {"generator": "hellinger"}
 
     def __init__(
         self,

@@ -45,6 +45,7 @@ class SoftTargetCE(LogitDivergence):
 
     fused = True
     infinite_at = "student"
+    zero_on_identical = False  # the teacher's entropy
 
     def pointwise(self, log_q: Tensor, log_p: Tensor) -> Tensor:
         return self.pointwise_from_p(log_q, log_p, log_p.exp())

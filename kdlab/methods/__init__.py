@@ -18,8 +18,8 @@ live in their own registry and are called with ``labels=`` by the objective (the
 
 from __future__ import annotations
 
-from kdlab.registry import Registry
+from kdlab.registry import Registry, discover
 
 LABEL_TERMS: Registry = Registry("label-aware term")
 
-from kdlab.methods import labelled  # noqa: E402,F401  (registration)
+discover(__name__)  # every file of this folder registers its terms: no list to keep

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from kdlab.divergences.base import check_choice
 from kdlab.errors import ConfigError
 from kdlab.families.base import Outputs
-from kdlab.features import FEATURE_TERMS, LayerMatch, _distance, _layer_count
+from kdlab.features import FEATURE_TERMS, LayerMatch, distance, layer_count
 
 
 class HiddenStatePairs(LayerMatch):
@@ -50,7 +50,7 @@ class DistilBertCosine(HiddenStatePairs):
 
     def bind(self, teacher: torch.nn.Module, student: torch.nn.Module, stacks: Sequence[str]) -> None:
         stack = self.resolve_stack(stacks)
-        self.pairs = [[_layer_count(teacher.config, stack), _layer_count(student.config, stack)]]
+        self.pairs = [[layer_count(teacher.config, stack), layer_count(student.config, stack)]]
         super().bind(teacher, student, stacks)
         d_t, d_s = _widths(teacher, student)
         if d_t != d_s and not self.projection:
@@ -62,7 +62,7 @@ class DistilBertCosine(HiddenStatePairs):
     def forward(self, student: Outputs, teacher: Outputs) -> torch.Tensor:
         h_s, h_t, mask = self.hidden_pair(student, teacher)
         (lt, ls), = self.pairs
-        return _distance(self.proj(h_s[ls][mask].float()), h_t[lt][mask].float().detach(), "cosine")
+        return distance(self.proj(h_s[ls][mask].float()), h_t[lt][mask].float().detach(), "cosine")
 
 
 PKD_SCHEMES = ("skip", "last")
@@ -108,7 +108,7 @@ class PatientKD(HiddenStatePairs):
     def bind(self, teacher: torch.nn.Module, student: torch.nn.Module, stacks: Sequence[str]) -> None:
         stack = self.resolve_stack(stacks)
         if not self.explicit:
-            self.pairs = pkd_pairs(_layer_count(teacher.config, stack), _layer_count(student.config, stack),
+            self.pairs = pkd_pairs(layer_count(teacher.config, stack), layer_count(student.config, stack),
                                    self.scheme)
         super().bind(teacher, student, stacks)
         d_t, d_s = _widths(teacher, student)

@@ -41,7 +41,7 @@ from kdlab.config import LoopConfig
 from kdlab.errors import ConfigError
 from kdlab.families.base import Batch, Family, Outputs
 from kdlab.families.encoder import INPUTS
-from kdlab.features import FEATURE_TERMS, _layer_count
+from kdlab.features import FEATURE_TERMS, layer_count
 from kdlab.methods.layers import HiddenStatePairs
 from kdlab.registry import check_types, type_hints
 
@@ -199,7 +199,7 @@ class TaskAwareFilters(HiddenStatePairs):
 
     def bind(self, teacher: torch.nn.Module, student: torch.nn.Module, stacks: Sequence[str]) -> None:
         stack = self.resolve_stack(stacks)
-        n_t, n_s = _layer_count(teacher.config, stack), _layer_count(student.config, stack)
+        n_t, n_s = layer_count(teacher.config, stack), layer_count(student.config, stack)
         lt, ls = filter_layers(n_t, self.teacher_interval), filter_layers(n_s, self.student_interval)
         if len(lt) != len(ls):
             raise ConfigError(

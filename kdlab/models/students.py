@@ -18,7 +18,7 @@ from kdlab.models.byte_tokenizer import byte_tokenizer
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 
 
-def _layer_count(config) -> int:
+def layer_count(config) -> int:
     for key in LAYER_COUNT_KEYS:
         if hasattr(config, key):
             return int(getattr(config, key))
@@ -32,7 +32,7 @@ def take_layers(model: torch.nn.Module, layers: List[int]) -> torch.nn.Module:
     stack (BERT ``encoder.layer``, GPT-2 ``h``, LLaMA ``layers``, T5 ``block``), so the
     same code serves every family. Embeddings, pooler and head are copied as they are.
     """
-    n = _layer_count(model.config)
+    n = layer_count(model.config)
     bad = [i for i in layers if not -n <= i < n]
     if not layers or bad:
         raise ConfigError(
