@@ -173,6 +173,7 @@ def test_split_dev_separates_the_online_teacher():
     ("divergence=sinkhorn", "computes its own losses"),
     ("transfer=unlabelled", "labelled data only"),
     ("online.temperature=0", "must be > 0"),
+    ("hardware=ddp_cpu", "runs in one process"),
 ])
 def test_refusals(override, message, tmp_path):
     cfg = compose_config(["experiment=methods/cpu/dml", override, f"cache_dir={tmp_path}", "logger=none"])

@@ -33,6 +33,9 @@ def check(cfg: Any) -> None:
     if cfg.divergence.name != "none" or cfg.objective.alpha != 0 or cfg.objective.terms:
         raise ConfigError(f"online.method={o.method} computes its own losses (online.*): set divergence=none, "
                           "objective.alpha=0 and no objective.terms")
+    if cfg.hardware.distributed:
+        raise ConfigError(f"online.method={o.method} runs in one process (both networks in one module): "
+                          "use hardware=cpu or hardware=cuda, not a distributed preset")
     if cfg.transfer.name != "none":
         raise ConfigError(f"online.method={o.method} trains on labelled data only: set transfer=none")
     if cfg.student.tokenizer != "teacher":
