@@ -134,3 +134,68 @@ def test_a_new_divergence_runs_through_the_cli_from_one_file_and_one_yaml(tmp_pa
     assert results["config"]["divergence"]["params"] == {"temperature": 2.0, "scale": 0.5}
     logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert any("student/half_kl" in row for row in logged)
+
+
+NEW_TASK = '''
+"""Movie reviews from local TSV files (tests/test_extending.py)."""
+
+from kdlab.data.local import tsv_task
+
+tsv_task("reviews", label_names=("bad", "good"), text=("review", None), label_column="verdict",
+         prompts={"seq2seq": {"input": "review: {text_a}", "targets": ["bad", "good"]}},
+         description="Reviews: is a review good or bad; accuracy.")
+'''
+
+NEW_TASK_OPTION = """\
+# Movie reviews from <data_dir>/local/reviews/{train,dev}.tsv (kdlab/data/local/reviews.py)
+name: local/reviews
+max_length: 32
+"""
+
+
+def write_reviews(data_dir: Path, n: int = 48) -> None:
+    root = data_dir / "local" / "reviews"
+    root.mkdir(parents=True)
+    words = {"good": ["great", "fine", "lovely"], "bad": ["awful", "dull", "poor"]}
+    for split, offset in (("train", 0), ("dev", 1)):
+        rows = ["review\tverdict"]
+        for i in range(n):
+            verdict = ("good", "bad")[(i + offset) % 2]
+            rows.append(f"a {words[verdict][i % 3]} film number {i}\t{verdict}")
+        (root / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+
+
+def test_a_new_local_task_is_one_task_module(tmp_path):
+    pkg = copy_of_kdlab(tmp_path / "src")
+    (pkg / "data" / "local" / "reviews.py").write_text(NEW_TASK)
+    write_reviews(tmp_path / "data")
+    code = ("from kdlab.data import get_task, load_split; from kdlab.data.prompts import seq2seq, template;"
+            f"ex = load_split('local/reviews', 'validation', data_dir={str(tmp_path / 'data')!r});"
+            "spec = get_task('local/reviews');"
+            "print(len(ex), ex[0].label, spec.eval_splits, seq2seq('local/reviews', ex[0], template('local/reviews', 'seq2seq')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path / "src", capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "48 0 ('validation',) ('review: a awful film number 0', 'bad')"
+
+
+@pytest.mark.slow
+def test_a_new_local_task_runs_through_the_cli_from_one_module_and_one_yaml(tmp_path, cache_dir):
+    pkg = copy_of_kdlab(tmp_path / "src")
+    (pkg / "data" / "local" / "reviews.py").write_text(NEW_TASK)
+    (pkg / "configs" / "dataset" / "local").mkdir()
+    (pkg / "configs" / "dataset" / "local" / "reviews.yaml").write_text(NEW_TASK_OPTION)
+    write_reviews(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    out = subprocess.run(
+        [sys.executable, "-m", "kdlab", "experiment=smoke", "dataset=local/reviews", "logger=none",
+         f"hydra.run.dir={run_dir}", f"cache_dir={cache_dir}", f"dataset.data_dir={tmp_path / 'data'}",
+         "trainer.max_steps=2", "teacher.finetune.max_steps=2", "dataset.max_train_samples=32",
+         "dataset.max_eval_samples=32", "teacher.finetune.max_train_samples=32", "trainer.save_student=false"],
+        cwd=tmp_path / "src", capture_output=True, text=True, timeout=900,
+        env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+             "HOME": str(Path.home()), "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["task"] == "local/reviews" and results["metric"] == "accuracy"
+    assert set(results["student"]["dev"]) >= {"accuracy"}

@@ -5,7 +5,8 @@ normalised ``Example`` list; ``compute_metrics(name, predictions, references)`` 
 official scores.
 """
 
-from kdlab.data import glue, superglue  # noqa: F401  (register the tasks)
+# register the tasks: GLUE, SuperGLUE, and every module of kdlab/data/local/ (local files)
+from kdlab.data import glue, local, superglue  # noqa: F401
 from kdlab.data.examples import NO_LABEL, Example
 from kdlab.data.loader import load_split
 from kdlab.data.metrics import compute_metrics, score

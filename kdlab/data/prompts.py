@@ -134,10 +134,15 @@ def template(task: str, family: str, override: Optional[Mapping[str, Any]] = Non
     spec = get_task(task)
     if family not in FAMILIES:
         raise ConfigError(f"unknown model family {family!r}; valid families: {', '.join(FAMILIES)}")
-    default = DEFAULTS[spec.name].get(family)
+    default = DEFAULTS.get(spec.name, {}).get(family)
+    if default is None and family in spec.prompts:  # a task's own (kdlab/data/local/)
+        own = spec.prompts[family]
+        default = _t(own["input"], own.get("targets", ()), own.get("choice", " {choice}"))
     if default is None and not override:
-        raise ConfigError(f"dataset={task} has no {family} template (rank classification needs classes, "
-                          "not a score); use teacher.family=encoder or seq2seq")
+        why = ("rank classification needs classes, not a score); use teacher.family=encoder or seq2seq"
+               if spec.name in DEFAULTS else "give its task module one: tsv_task(..., prompts=...)); or use "
+               "teacher.family=encoder")
+        raise ConfigError(f"dataset={task} has no {family} template ({why}")
     base = default or Template(input="")
     if override:
         unknown = set(override) - {"input", "targets", "choice"}

@@ -1,12 +1,12 @@
 """Task specifications: what a GLUE / SuperGLUE task is, where its files live, how it is scored.
 
-``TASKS`` maps ``"<benchmark>/<task>"`` (``"glue/sst2"``, ``"superglue/wic"``) to a
-``TaskSpec``; the names are those of the ``dataset/`` config options.
+``TASKS`` maps ``"<benchmark>/<task>"`` (``"glue/sst2"``, ``"superglue/wic"``, ``"local/<name>"``)
+to a ``TaskSpec``; the names are those of the ``dataset/`` config options.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, List, Mapping, Optional, Tuple
 
 from kdlab.data.examples import Example
@@ -62,6 +62,9 @@ class TaskSpec:
     kind: str = "classification"
     train_task: Optional[str] = None
     description: str = ""
+    # family -> the keys of a ``kdlab.data.prompts.Template`` (input, targets, choice): the
+    # token families' templates of a task outside GLUE / SuperGLUE (theirs are in prompts.py)
+    prompts: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         assert self.kind in KINDS, self.kind

@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import json
 
+from kdlab.data import get_task, task_names
+
 T = "\t"
+# The GLUE / SuperGLUE tasks, which have samples and templates here; tasks of local files
+# (kdlab/data/local/) are added without editing these tests.
+BENCHMARK_TASKS = [t for t in task_names() if get_task(t).benchmark in ("glue", "superglue")]
 
 
 def tsv(*rows):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from data_samples import SAMPLES
+from data_samples import BENCHMARK_TASKS, SAMPLES
 
-from kdlab.data import Example, load_split, task_names
+from kdlab.data import Example, load_split
 from kdlab.data.encode import encode
 from kdlab.data.prompts import DEFAULTS, choices, rank_classification, seq2seq, template
 from kdlab.errors import ConfigError
@@ -26,10 +26,10 @@ def first_labelled(task, sample_dir):
     return load_split(task, spec_splits.get(task, "train"), data_dir=sample_dir)[0]
 
 
-@pytest.mark.parametrize("task", task_names())
+@pytest.mark.parametrize("task", BENCHMARK_TASKS)
 def test_every_template_renders(task, sample_dir):
     ex = first_labelled(task, sample_dir)
-    assert set(DEFAULTS) == set(task_names())
+    assert set(DEFAULTS) == set(BENCHMARK_TASKS)
     source, target = seq2seq(task, ex, template(task, "seq2seq"))
     assert source and target and "{" not in source
     if "causal" in DEFAULTS[task]:
