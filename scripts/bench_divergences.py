@@ -9,6 +9,8 @@ Sections (printed as Markdown tables):
 - classification: every divergence at B in {16, 32, 256}, C in {2, 3};
 - sinkhorn: N student and N teacher points (probability vectors in D dimensions), L1 cost,
   eps = 0.1, kdlab's backends (dense, online_torch, KeOps) against POT and GeomLoss;
+- step: one ``experiment=smoke_causal`` student step at V = 32000, kdlab's family and
+  objective against the same step written plainly (peak memory);
 - tokens: the token-level divergences against the floor ``F.kl_div(log_target=True)`` on
   the kept tokens' float32 log-softmaxes, with a padding mask, time and peak-memory
   ratios: ``--device cuda`` at [8, 512, 32000] bf16 (CUDA events, the allocator's peak),
@@ -260,13 +262,70 @@ def bench_tokens(shape: Tuple[int, int, int], device: torch.device, dtype: torch
     table(header + (["within target"] if gpu else []), rows)
 
 
+def causal_step_inputs(vocab: int, batch: int = 16, length: int = 48, answer: int = 12):
+    """Models and a batch shaped like ``experiment=smoke_causal`` (tiny GPT-2 teacher, 2
+    layers x 128; shrunk student, 1 x 64; batch 16 of length 48) at vocabulary ``vocab``,
+    answer windows of 4 to ``answer`` tokens."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    teacher = GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_layer=2, n_embd=128, n_head=2, n_positions=64)).eval()
+    student = GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_layer=1, n_embd=64, n_head=2, n_positions=64))
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(4, answer + 1, (batch,), generator=g)
+    ids = torch.randint(0, vocab, (batch, length), generator=g)
+    data = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "target_ids": ids[:, -answer:],
+            "target_mask": torch.arange(answer)[None, :] >= answer - lengths[:, None]}
+    return teacher, student, data
+
+
+def bench_causal_step(vocab: int = 32000) -> None:
+    """Peak memory of one student step of ``smoke_causal`` (token cross-entropy, KD and
+    forward KL on the answer tokens; its objective: 0.1 CE + 0.9 KD(T = 1) + KL) through
+    kdlab's family and objective, against the same step written plainly (answer tokens
+    selected, float32 log-softmaxes, ``F.cross_entropy`` and ``F.kl_div``)."""
+    from kdlab.families import get_family
+    from kdlab.objective import Objective, Term
+
+    family = get_family("causal")
+    teacher, student, batch = causal_step_inputs(vocab)
+    mask = batch["target_mask"]
+    objective = Objective(0.1, [Term("kd", 0.9, get("kd")), Term("kl", 1.0, get("kl"))])
+
+    def kdlab_step() -> None:
+        with torch.no_grad():
+            z_t = family.forward(teacher, batch)
+        out = family.forward(student, batch)
+        objective(out, family.supervised_loss(out, batch), z_t)[0].backward()
+        student.zero_grad(set_to_none=True)
+
+    def plain_step() -> None:
+        with torch.no_grad():
+            z_t = family.forward(teacher, batch).logits[mask].float()
+        z_s = family.forward(student, batch).logits[mask].float()
+        log_q, log_p = F.log_softmax(z_s, -1), F.log_softmax(z_t, -1)
+        ce = F.cross_entropy(z_s, batch["target_ids"][mask])
+        kd = -(log_p.exp() * log_q).sum(-1).mean()
+        kl = F.kl_div(log_q, log_p, log_target=True, reduction="batchmean")
+        (0.1 * ce + 0.9 * kd + kl).backward()
+        student.zero_grad(set_to_none=True)
+
+    print(f"## One smoke_causal student step at V = {vocab}: {int(mask.sum())} answer tokens of "
+          f"{mask.numel()} window positions, forward + backward\n")
+    rows = []
+    for label, step in (("plain KL step (tokens selected)", plain_step), ("kdlab (family + objective)", kdlab_step)):
+        t, m = measure(step, max_repeats=5)
+        rows.append([label, fmt_ms(t), fmt_mb(m)])
+    table(["step", "median time", "peak memory growth"], rows)
+
+
 TOKEN_SHAPES = {"cuda": (8, 512, 32000), "cpu": (2, 256, 32000)}
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="Sinkhorn also at N = 4096 and D = 1000, KeOps everywhere")
-    parser.add_argument("--only", choices=["classification", "sinkhorn", "tokens"], help="run one section")
+    parser.add_argument("--only", choices=["classification", "sinkhorn", "tokens", "step"], help="run one section")
     parser.add_argument("--match", default=None, help="Sinkhorn: only the methods whose label contains this")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
@@ -290,6 +349,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.only in (None, "tokens"):
         device = torch.device(args.device)
         bench_tokens(TOKEN_SHAPES[device.type], device, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    if args.only in (None, "step"):
+        bench_causal_step()
 
 
 if __name__ == "__main__":

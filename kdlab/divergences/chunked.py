@@ -28,12 +28,13 @@ from torch import Tensor
 if TYPE_CHECKING:
     from kdlab.divergences.base import LogitDivergence
 
-# Rows are processed in blocks of about this many elements. Smaller blocks were faster on
-# an idle CPU but much slower on a loaded one (every op waits for its threads to be
-# scheduled, and small blocks mean many ops). On a GPU every op is a kernel launch from
-# Python: larger blocks (1024 rows at V = 32,000, about 130 MB per float32 temporary) keep
-# the launches few while the temporaries stay a fraction of the [N, V] tensors.
-BLOCK = 1 << 23
+# Rows are processed in blocks of about this many elements: 64 rows at V = 32,000 on the
+# CPU (8 MB per float32 temporary; larger blocks were no faster on the shared 2-core
+# machine, and a block of 256 rows was as large as a whole small batch). On a GPU every op
+# is a kernel launch from Python: larger blocks (1024 rows at V = 32,000, about 130 MB per
+# float32 temporary) keep the launches few while the temporaries stay a fraction of the
+# [N, V] tensors.
+BLOCK = 1 << 21
 BLOCK_GPU = 1 << 25
 
 # Where the plain formulas meet 0 * log 0 or -inf - (-inf), a -inf logit is raised so that
