@@ -48,7 +48,7 @@ from kdlab.families import get_family
 from kdlab.metadata import config_for_resume, run_metadata
 from kdlab.methods import ted
 from kdlab.models import STUDENTS, TEACHERS, Loaded, count_params
-from kdlab.objective import build_objective, fine_tune_objective
+from kdlab.objective import Objective, build_objective, fine_tune_objective
 from kdlab.report import format_table
 from kdlab.tracking import RESULTS_FILE, NullTracker, Tracker, write_json_atomic
 from kdlab.trainer import LoopResult, train
@@ -66,16 +66,21 @@ def loop_config(node: Any) -> LoopConfig:
 class Experiment:
     """One run: the resolved config, the task, its model family, the device and the tracker."""
 
-    def __init__(self, cfg: Config, tracker: Tracker, device: torch.device) -> None:
+    def __init__(self, cfg: Config, tracker: Tracker, device: torch.device,
+                 objective: Optional[Objective] = None) -> None:
+        """``objective``: the run's distillation objective (``build_objective(cfg)``, built
+        here when not given), the only one of the run: it is checked before any model is
+        loaded, bound to the pair before the teacher's fine-tuning (so that its
+        preconditions fail early) and bound again to the student that trains with it."""
         self.cfg = cfg
         self.task = get_task(cfg.dataset.name)
         self.family = get_family(cfg.teacher.family)
         self.device = device
         self.tracker = tracker
         self.precision = cfg.hardware.precision
-        self.spec = build_objective(cfg)  # what the objective needs; each phase builds its own
+        self.objective = build_objective(cfg) if objective is None else objective
         # the distillation terms that need teacher and student to share a tokenizer
-        self.needs_shared = self.spec.shared_tokenizer_terms(self.family.name)
+        self.needs_shared = self.objective.shared_tokenizer_terms(self.family.name)
         self.student_tokenizer: Any = None  # set by check_objective
 
     # -- data ---------------------------------------------------------------------------
@@ -155,7 +160,7 @@ class Experiment:
         student = STUDENTS.get(self.cfg.student.name)(self.cfg.student, teacher, self.task.num_labels, self.family)
         check_pair(teacher, student, self.task.num_labels, self.family.name, self.needs_shared)
         self.student_tokenizer = student.tokenizer
-        self.spec.bind(teacher.model, student.model, self.family.stacks)
+        self.objective.bind(teacher.model, student.model, self.family.stacks)
 
     def teacher_outputs(self, teacher: Loaded, teacher_hash: str, train_ds: Any, examples: List[Any]):
         """The teacher's outputs per batch: read from the on-disk cache, or computed live."""
@@ -163,7 +168,7 @@ class Experiment:
         if token_cache.enabled(self.cfg):
             return self.token_teacher_outputs(teacher, teacher_hash, train_ds, examples)
         if not self.cfg.trainer.cache_teacher_outputs or self.family.name != "encoder" \
-                or self.spec.features:  # feature terms need live hidden states
+                or self.objective.features:  # feature terms need live hidden states
             return live
         key = cache_keys.teacher_outputs(teacher.model, teacher.tokenizer, examples, self.cfg.dataset,
                                          self.precision, weights=teacher_hash)
@@ -175,7 +180,7 @@ class Experiment:
     def token_teacher_outputs(self, teacher: Loaded, teacher_hash: str, train_ds: Any, examples: List[Any]):
         """A token family's teacher read from its top-k cache (``kdlab.token_cache``)."""
         tc = self.cfg.trainer.teacher_cache
-        temperature = token_cache.check(self.cfg, self.spec)
+        temperature = token_cache.check(self.cfg, self.objective)
         key = cache_keys.token_teacher_outputs(teacher.model, teacher.tokenizer, self.task.name, self.family.name,
                                                examples, self.cfg.dataset, self.precision, tc.top_k, temperature,
                                                token_cache.FORMAT, weights=teacher_hash)
@@ -192,7 +197,7 @@ class Experiment:
         ``peer`` in an online phase (``kdlab.online``), which leaves ``peer`` trained too."""
         set_seed(self.cfg.seed)
         student = STUDENTS.get(self.cfg.student.name)(self.cfg.student, teacher, self.task.num_labels, self.family)
-        objective = build_objective(self.cfg) if outputs is not None else fine_tune_objective()
+        objective = self.objective if outputs is not None else fine_tune_objective()
         check_pair(teacher, student, self.task.num_labels, self.family.name,
                    objective.shared_tokenizer_terms(self.family.name))
         self.family.bind_tokenizer(student.model, student.tokenizer)
@@ -292,8 +297,9 @@ def run(cfg: Config) -> Dict[str, Any]:
     """Run the experiment of ``cfg``; returns the contents of ``results.json``."""
     start = time.perf_counter()
     validate(cfg)
-    transfer_data.check(cfg, build_objective(cfg))  # fails on bad terms before loading anything
-    token_cache.check(cfg, build_objective(cfg))
+    objective = build_objective(cfg)  # the run's one objective: bad terms fail before loading anything
+    transfer_data.check(cfg, objective)
+    token_cache.check(cfg, objective)
     transformers.logging.set_verbosity_error()  # load reports of fresh heads are expected here
     transformers.logging.disable_progress_bar()
     if cfg.hardware.num_threads:
@@ -310,7 +316,7 @@ def run(cfg: Config) -> Dict[str, Any]:
         tracker = NullTracker()
     exit_code = 1
     try:
-        exp = Experiment(cfg, tracker, device)
+        exp = Experiment(cfg, tracker, device, objective)
         # Data first: a missing or malformed file fails before any model is loaded.
         train_examples = exp.examples("train", cfg.dataset.max_train_samples, cfg.seed)
         eval_examples = {s: exp.examples(s, cfg.dataset.max_eval_samples, cfg.seed) for s in task.eval_splits}
