@@ -363,6 +363,22 @@ def test_metric_option_tabulates_ece_and_writes_the_reliability_diagram(tmp_path
     assert table.cells["kd", "glue/sst2", "best"].mean == pytest.approx(15.0)
     paths = tables.write_all(table, tmp_path / "out", "t", "t", "s")
     assert paths["reliability"].stat().st_size > 0
+    import matplotlib.pyplot as plt
+
+    def titles():
+        out, monkey = [], plt.Axes.set_title
+        try:
+            plt.Axes.set_title = lambda ax, t, **kw: out.append(t.split("\n")[0])
+            tables.reliability.plot_reliability(find_runs(tmp_path), tmp_path / "r.png", "t")
+        finally:
+            plt.Axes.set_title = monkey
+        return out
+
+    assert titles() == ["KD", "teacher"]  # one teacher panel: every row had the same teacher
+    res = json.loads((job / "results.json").read_text())
+    res["online_teacher"] = {"dev": {}, "reliability": bins}  # a co-trained teacher gets its own panel
+    (job / "results.json").write_text(json.dumps(res))
+    assert titles() == ["KD", "teacher", "online teacher (KD)"]
     # pooled bins: bin 13 (2 at 0.9, acc 0.5), bin 14 (2 at 0.95, acc 1.0)
     p = tables.reliability.pooled([bins, bins])
     assert p["ece"] == pytest.approx(0.5 * 0.4 + 0.5 * 0.05)

@@ -1,5 +1,7 @@
 """Reliability diagrams of a sweep, one file: a panel per row (its students' bins pooled over
-seeds and tasks) and one for the teachers; accuracy per confidence bin against the diagonal,
+seeds and tasks) and one for the teachers (one per row when the rows' teachers differ, e.g.
+an online run's teacher as it started against an offline run's fine-tuned one), and one
+per online row for its co-trained teacher (``online_teacher``); accuracy per confidence bin against the diagonal,
 with the pooled ECE in the title. Rows whose runs recorded no bins (regression, ReCoRD, runs
 older than the calibration report) are left out; no panel at all: no file."""
 
@@ -31,13 +33,24 @@ def pooled(bins: Sequence[Dict[str, List[float]]]) -> Optional[Dict[str, np.ndar
 def plot_reliability(runs: Sequence[Run], path: Path, title: str) -> bool:
     """Write the figure; returns False (and writes nothing) when no run has bins."""
     panels: Dict[str, List[Dict[str, List[float]]]] = {}
+    teachers: Dict[str, List[Dict[str, List[float]]]] = {}
+    online: Dict[str, List[Dict[str, List[float]]]] = {}
     for r in runs:
         if not r.ok:
             continue
         res = json.loads((r.path / RESULTS_FILE).read_text())
         panels.setdefault(r.label or r.row, []).append(res["student"].get("reliability"))
-        panels.setdefault("teacher", []).append(res["teacher"].get("reliability"))
+        teachers.setdefault(r.label or r.row, []).append(res["teacher"].get("reliability"))
+        if "online_teacher" in res:  # the teacher trained with the student (kdlab.online)
+            online.setdefault(r.label or r.row, []).append(res["online_teacher"].get("reliability"))
     data = {k: p for k, v in panels.items() if (p := pooled(v)) is not None}
+    # one teacher panel when every row had the same teacher (the same bins), else one per row
+    per_row = {k: p for k, v in teachers.items() if (p := pooled(v)) is not None}
+    if len({json.dumps({k: v.tolist() for k, v in p.items() if k != "ece"}) for p in per_row.values()}) == 1:
+        data["teacher"] = next(iter(per_row.values()))
+    else:
+        data.update({f"teacher ({k})": p for k, p in per_row.items()})
+    data.update({f"online teacher ({k})": p for k, v in online.items() if (p := pooled(v)) is not None})
     if not data:
         return False
     import matplotlib
