@@ -59,20 +59,49 @@ METHODS     ?= finetune,kd,rkl,js,tvd,sinkd,sinkd_sound
 GLUE_TASKS  ?= cola,mnli,mrpc,qnli,qqp,rte,sst2
 SG_TASKS    ?= superglue/boolq,superglue/cb,superglue/copa,superglue/rte,superglue/wic,superglue/wsc
 TABLE_ROOT  ?= multirun/tables
-CPU_SEEDS   ?= 0,1
+CPU_SEEDS   ?= 0,1,2
 CPU_METHODS ?= $(METHODS)
 CPU_TASKS   ?= sst2,mrpc
+CPU_BASELINE ?= KD
+# The CPU study sweeps into one fixed directory and skips the jobs whose results.json is
+# there already (trainer.skip_if_done), so an interrupted `make table-glue-cpu` resumes;
+# each finished job's results.json and overrides are copied to STUDY_RUNS (committed), from
+# which a fresh checkout's sweep directory is seeded and the table is written.
+STUDY_DIR   ?= $(TABLE_ROOT)/glue_cpu/study
+STUDY_RUNS  ?= docs/results/glue_cpu/runs
 REFERENCE   ?=
 BASELINE    ?=
 TABLE_ARGS  = $(if $(REFERENCE),--reference $(REFERENCE)) $(if $(BASELINE),--baseline $(BASELINE))
 
 .PHONY: table-glue-cpu table-glue table-superglue-seq2seq table-superglue-causal
 
-table-glue-cpu: $(INSTALLED)  ## CPU-sized SinKD GLUE table: 7 methods x SST-2, MRPC x 2 seeds (~15 min here)
-	$(BIN)/kdlab -m experiment=sinkd/glue_cpu experiment/sinkd/glue/task=$(CPU_TASKS) seed=$(CPU_SEEDS) \
-	  experiment/sinkd/method=$(CPU_METHODS) logger=none hydra.sweep.dir=$(TABLE_ROOT)/glue_cpu/$(TABLE_STAMP) $(ARGS); \
-	status=$$?; $(BIN)/kdlab-table $(TABLE_ROOT)/glue_cpu/$(TABLE_STAMP) --out docs/results/glue_cpu $(TABLE_ARGS) \
-	  --title "SinKD GLUE study, CPU-sized (MiniLM-L6 -> 2 layers, 40 steps)" && exit $$status
+comma := ,
+empty :=
+space := $(empty) $(empty)
+define newline
+
+
+endef
+cpu_list = $(subst $(comma),$(space),$(1))
+CPU_DISTILLED = $(subst $(space),$(comma),$(filter-out finetune,$(call cpu_list,$(CPU_METHODS))))
+# One task's sweep of the CPU study: $(1) task, $(2) sweep name, $(3) methods, $(4) overrides.
+# A failed sweep goes on to the next (the leading -); the table lists its gaps and fails.
+cpu_sweep = -$(BIN)/kdlab -m experiment=sinkd/glue_cpu experiment/sinkd/glue/task=$(1) seed=$(CPU_SEEDS) \
+  experiment/sinkd/method=$(3) $(4) logger=none trainer.skip_if_done=true hydra.sweep.dir=$(STUDY_DIR)/$(1)/$(2) \
+  $(ARGS)$(newline)$(MAKE) --no-print-directory glue-cpu-collect$(newline)
+
+.PHONY: glue-cpu-collect
+table-glue-cpu: $(INSTALLED)  ## CPU SinKD GLUE study: 7 rows x SST-2, MRPC x 3 seeds, resumable (~50 min on 2 quiet cores)
+	mkdir -p $(STUDY_DIR) && if [ -d $(STUDY_RUNS) ]; then cp -Rn $(STUDY_RUNS)/. $(STUDY_DIR)/; fi
+	$(foreach t,$(call cpu_list,$(CPU_TASKS)),$(if $(filter finetune,$(call cpu_list,$(CPU_METHODS))),$(call \
+	  cpu_sweep,$(t),no_teacher,finetune,transfer=none))$(if $(CPU_DISTILLED),$(call cpu_sweep,$(t),distilled,$(CPU_DISTILLED))))
+	$(BIN)/kdlab-table $(STUDY_RUNS) --out docs/results/glue_cpu --baseline $(or $(BASELINE),$(CPU_BASELINE)) \
+	  $(if $(REFERENCE),--reference $(REFERENCE)) --title "SinKD GLUE study, CPU-sized (MiniLM-L6 -> 2 layers, 250 steps)"
+
+glue-cpu-collect:  ## copy the CPU study's finished jobs (results.json, overrides) into STUDY_RUNS
+	@cd $(STUDY_DIR) && find . -name results.json | while read -r f; do d=$$(dirname "$$f"); \
+	  mkdir -p "$(CURDIR)/$(STUDY_RUNS)/$$d/.hydra" && cp "$$f" "$(CURDIR)/$(STUDY_RUNS)/$$d/" && \
+	  cp "$$d/.hydra/overrides.yaml" "$(CURDIR)/$(STUDY_RUNS)/$$d/.hydra/"; done
 
 table-glue: $(INSTALLED)  ## SinKD GLUE table, one GPU: 7 methods x 7 tasks x 3 seeds (add hydra/launcher=slurm via ARGS)
 	$(BIN)/kdlab -m experiment=sinkd/glue experiment/sinkd/glue/task=$(GLUE_TASKS) seed=$(SEEDS) \

@@ -234,6 +234,10 @@ class TrainerConfig(LoopConfig):
     # Save each trained student in Hugging Face format under the run dir (student/,
     # baseline_student/) with a model card; false: nothing but the reports is written.
     save_student: bool = True
+    # true: a run whose output_dir already holds results.json of the same config returns it
+    # without training (a sweep into a fixed hydra.sweep.dir resumes where it stopped);
+    # results.json of another config there is refused, never overwritten
+    skip_if_done: bool = False
 
 
 @dataclass

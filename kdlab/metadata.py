@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import subprocess
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from kdlab.cache_keys import examples_digest
+from kdlab.errors import ConfigError
+from kdlab.tracking import RESULTS_FILE
 
 PACKAGES = ("torch", "transformers", "hydra-core", "omegaconf", "datasets", "geomloss", "pykeops", "wandb")
 # Keys that may change between a run and its resumption.
 RESUME_FREE = ("trainer.resume", "trainer.progress", "output_dir", "logger", "hardware.num_threads",
                "hardware.compile")  # compile: the same computation, up to float rounding
+# Keys that may differ between a finished run and the same job asked for again
+# (trainer.skip_if_done): where the caches and data live, not what is computed.
+DONE_FREE = (*RESUME_FREE, "cache_dir", "dataset.data_dir", "trainer.skip_if_done")
 
 
 def git_commit() -> str | None:
@@ -56,5 +62,26 @@ def flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
 
 def config_for_resume(resolved: Dict[str, Any]) -> Dict[str, Any]:
     """The flattened config a checkpoint must match to be resumed, without free keys."""
-    flat = flatten(resolved)
-    return {k: v for k, v in flat.items() if not any(k == f or k.startswith(f + ".") for f in RESUME_FREE)}
+    return _free(flatten(resolved), RESUME_FREE)
+
+
+def _free(flat: Dict[str, Any], free: tuple) -> Dict[str, Any]:
+    return {k: v for k, v in flat.items() if not any(k == f or k.startswith(f + ".") for f in free)}
+
+
+def finished_results(out_dir: Path, resolved: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The results.json already in ``out_dir`` if it is this config's (up to DONE_FREE);
+    None when there is none. Results of another config raise: a sweep whose job numbers
+    now name other jobs must not pass them off as this one's, nor overwrite them."""
+    path = out_dir / RESULTS_FILE
+    if not path.is_file():
+        return None
+    done: Dict[str, Any] = json.loads(path.read_text())
+    mine, theirs = _free(flatten(resolved), DONE_FREE), _free(flatten(done.get("config") or {}), DONE_FREE)
+    differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+    if differ:
+        shown = ", ".join(f"{k}={theirs.get(k)!r} there, {mine.get(k)!r} now" for k in differ[:3])
+        raise ConfigError(f"trainer.skip_if_done: {path} holds the results of another config ({shown}"
+                          f"{', ...' if len(differ) > 3 else ''}); give this sweep a fresh hydra.sweep.dir "
+                          "or move that directory away")
+    return done

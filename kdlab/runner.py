@@ -45,7 +45,7 @@ from kdlab.data import transfer as transfer_data
 from kdlab.errors import ConfigError
 from kdlab.evaluate import split_metrics
 from kdlab.families import get_family
-from kdlab.metadata import config_for_resume, run_metadata
+from kdlab.metadata import config_for_resume, finished_results, run_metadata
 from kdlab.methods import ted
 from kdlab.models import STUDENTS, TEACHERS, Loaded, count_params
 from kdlab.objective import Objective, build_objective, fine_tune_objective
@@ -297,6 +297,11 @@ def run(cfg: Config) -> Dict[str, Any]:
     """Run the experiment of ``cfg``; returns the contents of ``results.json``."""
     start = time.perf_counter()
     validate(cfg)
+    done = finished_results(Path(cfg.output_dir), OmegaConf.to_container(cfg, resolve=True)) \
+        if cfg.trainer.skip_if_done else None
+    if done is not None:
+        log.info("%s/%s exists (trainer.skip_if_done): not run again", cfg.output_dir, RESULTS_FILE)
+        return done
     objective = build_objective(cfg)  # the run's one objective: bad terms fail before loading anything
     transfer_data.check(cfg, objective)
     token_cache.check(cfg, objective)

@@ -93,14 +93,67 @@ def test_superglue_studies(study, family):
                                     "table-superglue-causal"])
 def test_make_table_commands_compose(target):
     """Every value of every swept key of the documented command composes."""
-    out = subprocess.run(["make", "-n", target], capture_output=True, text=True, cwd=REPO, check=True)
-    line = next(x for x in out.stdout.replace("\\\n", " ").splitlines() if "kdlab -m" in x)
-    args = [a for a in shlex.split(line.split(";")[0])[2:] if not a.startswith("hydra.")]
-    fixed = [a for a in args if "," not in a]
-    for a in args:
-        key, values = a.split("=", 1)
-        for v in values.split(","):
-            compose_config([*(f for f in fixed if not f.startswith(key + "=")), f"{key}={v}"])
+    for args in _sweeps(target):
+        args = [a for a in args if not a.startswith("hydra.")]
+        fixed = [a for a in args if "," not in a]
+        for a in args:
+            key, values = a.split("=", 1)
+            for v in values.split(","):
+                compose_config([*(f for f in fixed if not f.startswith(key + "=")), f"{key}={v}"])
+
+
+def _make_n(target: str, *variables: str) -> list:
+    out = subprocess.run(["make", "-n", target, *variables], capture_output=True, text=True, cwd=REPO, check=True)
+    return out.stdout.replace("\\\n", " ").splitlines()
+
+
+def _sweeps(target: str, *variables: str) -> list:
+    """The arguments of each ``kdlab -m`` line of the target (``make -n``)."""
+    return [shlex.split(x.split(";")[0])[2:] for x in _make_n(target, *variables) if "kdlab -m" in x]
+
+
+def test_cpu_study_target_runs_each_job_once_resumably():
+    """`make table-glue-cpu`: 7 rows x SST-2, MRPC x 3 seeds, each job once; the distilled
+    rows with the preset's transfer data, the no-teacher row without (it has no teacher term to
+    learn it from); fixed sweep directories whose finished jobs are skipped; the table is read
+    from the committed runs with KD as the baseline."""
+    jobs = []
+    for args in _sweeps("table-glue-cpu"):
+        kv = dict(a.split("=", 1) for a in args)
+        assert kv["trainer.skip_if_done"] == "true" and kv["logger"] == "none"
+        assert kv["hydra.sweep.dir"].startswith("multirun/tables/glue_cpu/study/")  # no time stamp
+        methods = kv["experiment/sinkd/method"].split(",")
+        assert ("transfer" in kv) == (methods == ["finetune"]) and kv.get("transfer", "none") == "none"
+        jobs += [(kv["experiment/sinkd/glue/task"], m, s) for m in methods for s in kv["seed"].split(",")]
+    assert len(jobs) == len(set(jobs)) == 42
+    assert {t for t, _, _ in jobs} == {"sst2", "mrpc"} and {s for _, _, s in jobs} == {"0", "1", "2"}
+    assert {m for _, m, _ in jobs} == {"finetune", "kd", "rkl", "js", "tvd", "sinkd", "sinkd_sound"}
+    table = next(x for x in _make_n("table-glue-cpu") if "kdlab-table" in x)
+    assert "kdlab-table docs/results/glue_cpu/runs --out docs/results/glue_cpu --baseline KD" in table
+    assert "--baseline finetune" in next(x for x in _make_n("table-glue-cpu", "BASELINE=finetune") if "kdlab-table" in x)
+    # a subset: the distilled rows alone sweep one directory per task
+    assert [a for a in _sweeps("table-glue-cpu", "CPU_METHODS=kd,sinkd", "CPU_TASKS=rte")] == [
+        ["experiment=sinkd/glue_cpu", "experiment/sinkd/glue/task=rte", "seed=0,1,2", "experiment/sinkd/method=kd,sinkd",
+         "logger=none", "trainer.skip_if_done=true", "hydra.sweep.dir=multirun/tables/glue_cpu/study/rte/distilled"]]
+
+
+@pytest.mark.parametrize("task", ["sst2", "mrpc"])
+def test_cpu_study_preset_sizes_and_transfer(task):
+    """The CPU study's sizes, and what the seed varies: the teacher is one per task (its
+    fine-tuning rows and seed fixed), the labelled and transfer draws follow the seed."""
+    cfgs = {s: compose_config(["experiment=sinkd/glue_cpu", f"experiment/sinkd/glue/task={task}", f"seed={s}",
+                               "experiment/sinkd/method=kd"]) for s in (0, 2)}
+    cfg = cfgs[2]
+    assert (cfg.transfer.name, cfg.transfer.max_samples) == ("unlabelled", 4000)
+    assert (cfg.dataset.max_length, cfg.dataset.max_train_samples, cfg.dataset.max_eval_samples) == (64, 1000, None)
+    assert (cfg.trainer.max_steps, cfg.trainer.batch_size, cfg.trainer.eval_every) == (250, 32, 25)
+    assert cfg.trainer.select == "best" and cfg.trainer.save_student is False
+    assert cfg.teacher.finetune == cfgs[0].teacher.finetune  # the same teacher for every seed
+    assert (cfg.teacher.finetune.seed, cfg.teacher.finetune.max_train_samples, cfg.teacher.finetune.epochs) == (0, 2000, 2)
+    assert cfg.trainer.seed == 2
+    plain = compose_config(["experiment=sinkd/glue_cpu", f"experiment/sinkd/glue/task={task}",
+                            "experiment/sinkd/method=finetune", "transfer=none"])
+    assert plain.transfer.name == "none" and plain.objective.alpha == 0.0
 
 
 def test_optuna_sweeper_preset_composes():

@@ -250,6 +250,30 @@ def test_method_presets_keep_their_names_and_the_task_override_is_a_column(tmp_p
     assert "## Difference from Student (no teacher)" in md and "| KD | +0.0 [+0.0, +0.0] |" in md
 
 
+def test_cpu_study_layout_no_teacher_sweep_beside_the_distilled_one(tmp_path):
+    """`make table-glue-cpu` sweeps the no-teacher row apart (with transfer=none) into
+    <task>/no_teacher and the distilled rows into <task>/distilled; the table reads both,
+    one row per method preset, named as usual."""
+    for task in ("sst2", "mrpc"):
+        n = 0
+        for s in (0, 1):
+            write_run(tmp_path / task / "no_teacher", s, "finetune", f"glue/{task}", s, best=0.6, last=0.6, overrides=[
+                "experiment=sinkd/glue_cpu", f"experiment/sinkd/glue/task={task}", f"seed={s}",
+                "experiment/sinkd/method=finetune", "transfer=none", "logger=none", "trainer.skip_if_done=true"])
+            for method in ("kd", "sinkd"):
+                write_run(tmp_path / task / "distilled", n, method, f"glue/{task}", s, best=0.7 + s / 100,
+                          last=0.7, overrides=[
+                              "experiment=sinkd/glue_cpu", f"experiment/sinkd/glue/task={task}", f"seed={s}",
+                              f"experiment/sinkd/method={method}", "logger=none", "trainer.skip_if_done=true"])
+                n += 1
+    table = build_table(find_runs(tmp_path))
+    assert table.methods == ["teacher", "finetune", "kd", "sinkd"] and not table.failed and not table.missing()
+    out = tmp_path / "out"
+    assert tables.main([str(tmp_path), "--out", str(out), "--baseline", "KD"]) == 0
+    md = (out / "table.md").read_text()
+    assert "## Difference from KD" in md and "| Student (no teacher) | **-10.5 [-16.9, -4.1]** |" in md
+
+
 def test_several_varying_overrides_name_each_row_by_all(tmp_path):
     n = 0
     for div in ("kl", "js"):

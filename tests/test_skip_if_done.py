@@ -1,0 +1,56 @@
+"""trainer.skip_if_done: a job whose results.json is already in its output directory
+returns it without training, so a sweep into a fixed directory resumes where it stopped;
+results of another config there are refused and left as they were."""
+
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+from kdlab import runner
+from kdlab.errors import ConfigError
+from kdlab.tracking import RESULTS_FILE
+from tests.conftest import compose_config
+
+
+def _cfg(out_dir, *overrides):
+    return compose_config(["experiment=smoke", "logger=none", "trainer.skip_if_done=true",
+                           f"output_dir={out_dir}", *overrides])
+
+
+def _write(out_dir, cfg) -> str:
+    text = json.dumps({"task": "glue/sst2", "marker": 7, "config": OmegaConf.to_container(cfg, resolve=True)})
+    (out_dir / RESULTS_FILE).write_text(text)
+    return text
+
+
+def test_a_finished_job_is_returned_without_loading_anything(tmp_path, monkeypatch):
+    _write(tmp_path, _cfg(tmp_path, "cache_dir=/elsewhere"))
+    monkeypatch.setattr(runner, "Experiment", lambda *a, **k: pytest.fail("a finished job was run again"))
+    # where the caches live is no part of the job: another cache_dir still finds it done
+    done = runner.run(_cfg(tmp_path, f"cache_dir={tmp_path / 'cache'}"))
+    assert done["marker"] == 7
+
+
+def test_results_of_another_config_are_refused_and_kept(tmp_path, monkeypatch):
+    text = _write(tmp_path, _cfg(tmp_path, "seed=1"))
+    monkeypatch.setattr(runner, "Experiment", lambda *a, **k: pytest.fail("ran over another job's results"))
+    with pytest.raises(ConfigError, match=r"another config \(seed=1 there, 0 now, "):
+        runner.run(_cfg(tmp_path, "seed=0"))
+    assert (tmp_path / RESULTS_FILE).read_text() == text
+
+
+def test_off_by_default_and_a_job_without_results_runs(tmp_path, monkeypatch):
+    class Ran(Exception):
+        pass
+
+    def experiment(*a, **k):
+        raise Ran
+
+    monkeypatch.setattr(runner, "Experiment", experiment)
+    assert compose_config(["experiment=smoke"]).trainer.skip_if_done is False
+    with pytest.raises(Ran):  # nothing there yet: the job runs
+        runner.run(_cfg(tmp_path))
+    _write(tmp_path, _cfg(tmp_path))
+    with pytest.raises(Ran):  # skip_if_done=false: a finished job runs again, as before
+        runner.run(_cfg(tmp_path, "trainer.skip_if_done=false"))
