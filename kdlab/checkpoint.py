@@ -110,3 +110,26 @@ def load_latest(directory: Path, config: Optional[Dict[str, Any]] = None) -> Opt
         state["meta"] = meta
         return state
     return None
+
+
+def resume_dir(cfg: Any) -> Optional[Path]:
+    """The run directory whose checkpoints ``trainer.resume`` continues (None: a fresh run)."""
+    if not cfg.trainer.resume:
+        return None
+    path = Path(cfg.output_dir) if cfg.trainer.resume == "auto" else Path(cfg.trainer.resume)
+    if cfg.trainer.resume != "auto" and not (path / "checkpoints").is_dir():
+        raise ConfigError(f"trainer.resume={cfg.trainer.resume!r}: no checkpoints/ directory there "
+                          "(give the run directory of a run with trainer.save_every > 0, or 'auto')")
+    return path
+
+
+def wandb_id(path: Optional[Path]) -> Optional[str]:
+    """The W&B run id recorded by the newest checkpoint under ``path``, to continue that run."""
+    if path is None:
+        return None
+    for phase_dir in sorted((path / "checkpoints").glob("*")):
+        for ckpt in reversed(list_checkpoints(phase_dir)):
+            meta = read_meta(ckpt)
+            if meta and meta.get("wandb_id"):
+                return meta["wandb_id"]
+    return None

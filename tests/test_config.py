@@ -93,7 +93,7 @@ def test_the_teachers_fine_tuning_runs_its_own_explicit_loop():
     """teacher.finetune is a whole loop config: on_nan and keep_last are its own (they were
     silently the defaults), logging follows trainer unless set; evaluation keys, which a
     fine-tuning without dev set would ignore, are refused."""
-    from kdlab.runner import loop_config
+    from kdlab.assembly import loop_config
 
     cfg = compose_config(["output_dir=/tmp/x", "experiment=smoke", "teacher.finetune.on_nan=skip",
                           "teacher.finetune.keep_last=5", "trainer.on_nan=stop"])

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from kdlab.runner import Experiment
+from kdlab.assembly import Experiment
 from kdlab.tracking import NullTracker
 from tests.conftest import REPO, compose_config, run_cli
 

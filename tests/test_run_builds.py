@@ -5,10 +5,13 @@ labels-only objective."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from kdlab import assembly, runner
 from kdlab import objective as objective_module
-from kdlab import runner
+from kdlab.errors import ConfigError
 from tests.conftest import compose_config
 
 
@@ -23,9 +26,10 @@ def test_one_objective_per_training_phase(tmp_path, data_dir, cache_dir, monkeyp
         trained.append((args[2], objective))  # (phase, objective)
         return real_train(model, dataset, family, objective, *args, **kwargs)
 
-    real_train = runner.train
+    real_train = assembly.train
     monkeypatch.setattr(runner, "build_objective", build)
-    monkeypatch.setattr(runner, "train", train)
+    monkeypatch.setattr(assembly, "build_objective", build)
+    monkeypatch.setattr(assembly, "train", train)
     cfg = compose_config([
         "experiment=smoke", f"output_dir={tmp_path}", f"cache_dir={cache_dir}", f"dataset.data_dir={data_dir}",
         "logger=none", "trainer.baseline_student=true", "trainer.save_student=false", "trainer.max_steps=1",
@@ -45,5 +49,15 @@ def test_one_objective_per_training_phase(tmp_path, data_dir, cache_dir, monkeyp
 def test_a_bad_objective_fails_before_any_model(tmp_path, override, monkeypatch):
     monkeypatch.setattr(runner.Experiment, "teacher", lambda *a, **k: pytest.fail("a model was loaded"))
     cfg = compose_config(["experiment=smoke", f"output_dir={tmp_path}", "logger=none", override])
-    with pytest.raises(runner.ConfigError):
+    with pytest.raises(ConfigError):
         runner.run(cfg)
+
+
+def test_the_runner_is_a_short_list_of_phases():
+    """The run's structure reads top to bottom in one short module; the work lives in
+    kdlab.assembly (what is built) and the modules each phase calls."""
+    source = Path(runner.__file__).read_text()
+    assert len(source.splitlines()) < 150
+    order = [source.index(f"{name}(") for name in ("validate", "build_objective", "assemble", "reference_rows",
+                                                    "baseline_phase", "distillation_phase", "summary_phase")]
+    assert order == sorted(order)

@@ -105,7 +105,7 @@ class OnlineObjective(torch.nn.Module):
 
 
 def split_dev(summary: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """The loop's summary (``kdlab.runner.summarise``) split into the student's and the
+    """The loop's summary (``kdlab.products.summarise``) split into the student's and the
     online teacher's: their ``dev``, ``dev_last`` and ``dev_best`` metrics."""
     prefix = PEER + "/"
     student, peer = dict(summary), {}

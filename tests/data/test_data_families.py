@@ -17,13 +17,14 @@ from data_samples import SAMPLES, write_samples
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer, BertConfig
 
+from kdlab.assembly import Experiment
 from kdlab.config import TeacherConfig
 from kdlab.data import get_task, load_split
 from kdlab.errors import ConfigError
 from kdlab.families import get_family
 from kdlab.models import TEACHERS
 from kdlab.models.minilm import minilm_path
-from kdlab.runner import Experiment, majority_metrics
+from kdlab.products import majority_metrics
 from kdlab.tracking import NullTracker
 from kdlab.validation import validate
 from tests.conftest import compose_config

@@ -9,11 +9,11 @@ from famtools import SETUPS, Pair
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from kdlab.assembly import Experiment
 from kdlab.errors import ConfigError
 from kdlab.features import FEATURE_TERMS
 from kdlab.models import Loaded
 from kdlab.objective import Objective, Term, build_objective
-from kdlab.runner import Experiment
 from kdlab.tracking import NullTracker
 from kdlab.validation import check_pair
 from tests.conftest import compose_config

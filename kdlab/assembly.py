@@ -1,0 +1,291 @@
+"""A run's assembly: the config's task, family, objective, data, teacher and datasets,
+each built once, in reading order, and handed to the runner's phases as a ``Setup``.
+
+``Experiment`` is the run's context (config, task, stateless family, device, tracker and
+the one objective) with the operations the phases share: reading and encoding data,
+loading or fine-tuning the teacher, evaluating, training a student. ``assemble`` reads the
+data first (a missing file fails before any model is loaded), then loads the teacher
+(fine-tuned once and cached), then encodes every dataset the phases train and evaluate on.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+from omegaconf import OmegaConf
+from transformers import set_seed
+
+from kdlab import (
+    cache_keys,
+    checkpoint,
+    distributed,
+    online,
+    teacher_cache,
+    teacher_outputs,
+    token_cache,
+)
+from kdlab.batching import PairedDataset, WithTransfer, loader
+from kdlab.config import Config, LoopConfig
+from kdlab.data import get_task, load_split
+from kdlab.data import transfer as transfer_data
+from kdlab.evaluate import split_metrics
+from kdlab.families import get_family
+from kdlab.metadata import run_metadata
+from kdlab.methods import ted
+from kdlab.models import STUDENTS, TEACHERS, Loaded
+from kdlab.objective import Objective, build_objective, fine_tune_objective
+from kdlab.tracking import Tracker
+from kdlab.trainer import LoopResult, train
+from kdlab.validation import check_pair, same_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def loop_config(node: Any) -> LoopConfig:
+    """The ``LoopConfig`` of a config node (``trainer``, ``teacher.finetune``), every key
+    as the config says (its interpolations resolved)."""
+    return OmegaConf.to_object(node)
+
+
+class Experiment:
+    """One run: the resolved config, the task, its model family, the device and the tracker."""
+
+    def __init__(self, cfg: Config, tracker: Tracker, device: torch.device,
+                 objective: Optional[Objective] = None) -> None:
+        """``objective``: the run's distillation objective (``build_objective(cfg)``, built
+        here when not given), the only one of the run: it is checked before any model is
+        loaded, bound to the pair before the teacher's fine-tuning (so that its
+        preconditions fail early) and bound again to the student that trains with it."""
+        self.cfg = cfg
+        self.task = get_task(cfg.dataset.name)
+        self.family = get_family(cfg.teacher.family)
+        self.device = device
+        self.tracker = tracker
+        self.precision = cfg.hardware.precision
+        self.objective = build_objective(cfg) if objective is None else objective
+        # the distillation terms that need teacher and student to share a tokenizer
+        self.needs_shared = self.objective.shared_tokenizer_terms(self.family.name)
+        self.student_tokenizer: Any = None  # set by check_objective
+
+    # -- data ---------------------------------------------------------------------------
+    def examples(self, split: str, max_samples: Optional[int], seed: int) -> List[Any]:
+        d = self.cfg.dataset
+        return load_split(self.task.name, split, data_dir=d.data_dir, max_samples=max_samples, seed=seed,
+                          stratified=d.stratified, on_bad_row=d.on_bad_row)
+
+    def transfer_inputs(self, labelled: List[Any]) -> Any:
+        """Read and check the transfer data now, before any model is loaded; returns a
+        function of the teacher's tokenizer giving the transfer examples."""
+        if not transfer_data.enabled(self.cfg):
+            return lambda tokenizer: []
+        ft = self.cfg.teacher.finetune
+        teacher_rows = [] if ft.max_train_samples is None else self.examples("train", ft.max_train_samples, ft.seed)
+        return transfer_data.prepare(self.cfg, labelled, teacher_rows)
+
+    def transfer_dataset(self, teacher: Loaded, tokenizer: Any, examples: List[Any]) -> Any:
+        """The transfer examples tokenised by ``tokenizer``. The token families are
+        teacher-forced on an answer: a transfer example's is the teacher's choice (rank
+        classification), which the student is distilled on but never supervised with."""
+        if self.family.name != "encoder":
+            placeholder = self.encode(teacher.tokenizer, [replace(ex, label=0) for ex in examples])
+            choice = self.family.predictions(teacher.model, loader(placeholder, self.cfg.trainer.eval_batch_size),
+                                             self.device, self.precision)
+            examples = [replace(ex, label=int(c)) for ex, c in zip(examples, choice, strict=True)]
+        return self.encode(tokenizer, examples)
+
+    def encode(self, tokenizer: Any, examples: List[Any]) -> Any:
+        return self.family.dataset(tokenizer, examples, self.task, self.cfg.dataset,
+                                   cache_dir=str(Path(self.cfg.cache_dir) / "tokenized"))
+
+    def evaluate(self, model: torch.nn.Module, evals: Dict[str, Any]) -> Dict[str, float]:
+        """Official metrics on each eval split; the first split's keys are unprefixed."""
+        return split_metrics(self.family, self.task.name, model, evals, self.cfg.trainer.eval_batch_size,
+                             self.device, self.precision)
+
+    # -- models -------------------------------------------------------------------------
+    def teacher(self, finetune: bool = True) -> Loaded:
+        """The teacher with a task head: loaded, or fine-tuned once and cached on disk
+        (``finetune=False``: as loaded, a fresh head left untrained, for an online phase)."""
+        tcfg = self.cfg.teacher
+        # A fresh task head is drawn under the recipe's seed, so the fine-tuned teacher is a
+        # function of its cache key (the model as loaded, data, recipe), whatever ran before.
+        set_seed(tcfg.finetune.seed)
+        loaded = TEACHERS.get(tcfg.name)(tcfg, self.task.num_labels, self.cfg.cache_dir, self.family)
+        self.check_objective(loaded)  # before any fine-tuning
+        if not finetune or (loaded.has_task_head and not tcfg.force_finetune):
+            return loaded
+        ft = tcfg.finetune
+        examples = self.examples("train", ft.max_train_samples, ft.seed)
+        key = cache_keys.teacher(loaded.model, loaded.tokenizer, self.task.name, examples, ft, self.cfg.dataset,
+                                 self.precision, distributed.world_size())
+        cached = teacher_cache.load(self.cfg.cache_dir, key, self.task.num_labels, self.family)
+        if cached is not None:
+            log.info("using cached fine-tuned teacher %s", cached.source)
+            return cached
+        log.info("fine-tuning teacher %s on %s (cache key %s)", tcfg.name, self.task.name, key)
+        set_seed(ft.seed)
+        train_ds = self.encode(loaded.tokenizer, examples)
+        ckpt = teacher_cache.partial(self.cfg.cache_dir, key) if ft.save_every > 0 else None
+        if ckpt is not None and checkpoint.list_checkpoints(ckpt):
+            log.info("resuming the teacher's fine-tuning from %s", ckpt)
+        train(loaded.model, train_ds, self.family, fine_tune_objective(),
+              loop_config(ft), self.tracker, "teacher_finetune",
+              self.device, self.precision, checkpoint_dir=ckpt, resume=ckpt is not None,
+              meta={"config": {"teacher_cache_key": key}})
+        if distributed.is_main():
+            loaded = teacher_cache.save(self.cfg.cache_dir, key, loaded, {"task": self.task.name, "teacher": tcfg.name})
+        distributed.barrier()  # other ranks hold the same (synchronised) weights in memory
+        return loaded
+
+    def check_objective(self, teacher: Loaded) -> None:
+        """Before any training: build the student and bind the objective's terms to both
+        models, so that a precondition of the pair (same width, layer maps, filter counts)
+        fails now rather than after the teacher's fine-tuning."""
+        student = STUDENTS.get(self.cfg.student.name)(self.cfg.student, teacher, self.task.num_labels, self.family)
+        check_pair(teacher, student, self.task.num_labels, self.family.name, self.needs_shared)
+        self.student_tokenizer = student.tokenizer
+        self.objective.bind(teacher.model, student.model, self.family.stacks)
+
+    def teacher_outputs(self, teacher: Loaded, teacher_hash: str, train_ds: Any, examples: List[Any]):
+        """The teacher's outputs per batch: read from the on-disk cache, or computed live."""
+        live = teacher_outputs.LiveTeacher(teacher.model, self.family, self.device, self.precision)
+        if token_cache.enabled(self.cfg):
+            return self.token_teacher_outputs(teacher, teacher_hash, train_ds, examples)
+        if not self.cfg.trainer.cache_teacher_outputs or self.family.name != "encoder" \
+                or self.objective.features:  # feature terms need live hidden states
+            return live
+        key = cache_keys.teacher_outputs(teacher.model, teacher.tokenizer, examples, self.cfg.dataset,
+                                         self.precision, weights=teacher_hash)
+        path = Path(self.cfg.cache_dir) / "teacher_outputs" / f"{key}.npy"
+        logits = teacher_outputs.cached(path, lambda: teacher_outputs.compute(
+            teacher.model, train_ds, self.family, self.device, self.precision, self.cfg.trainer.eval_batch_size))
+        return teacher_outputs.CachedTeacher(logits)
+
+    def token_teacher_outputs(self, teacher: Loaded, teacher_hash: str, train_ds: Any, examples: List[Any]):
+        """A token family's teacher read from its top-k cache (``kdlab.token_cache``)."""
+        tc = self.cfg.trainer.teacher_cache
+        temperature = token_cache.check(self.cfg, self.objective)
+        key = cache_keys.token_teacher_outputs(teacher.model, teacher.tokenizer, self.task.name, self.family.name,
+                                               examples, self.cfg.dataset, self.precision, tc.top_k, temperature,
+                                               token_cache.FORMAT, weights=teacher_hash)
+        return token_cache.teacher_outputs(Path(self.cfg.cache_dir) / "teacher_outputs" / key, teacher.model,
+                                           train_ds, self.family, self.device, self.precision,
+                                           self.cfg.trainer.eval_batch_size, tc.top_k, temperature, tc.shard_tokens)
+
+    def fit_student(self, teacher: Loaded, train_ds: Any, evals: Dict[str, Any], phase: str,
+                    outputs: Any = None, resume_dir: Optional[Path] = None,
+                    meta: Optional[Dict[str, Any]] = None,
+                    peer: Optional[Loaded] = None) -> tuple[Loaded, LoopResult]:
+        """Train a student: fine-tuned on labels (``outputs`` None), distilled from the
+        teacher's ``outputs``, or (``peer``, a copy of the teacher) trained together with
+        ``peer`` in an online phase (``kdlab.online``), which leaves ``peer`` trained too."""
+        set_seed(self.cfg.seed)
+        student = STUDENTS.get(self.cfg.student.name)(self.cfg.student, teacher, self.task.num_labels, self.family)
+        objective = self.objective if outputs is not None else fine_tune_objective()
+        check_pair(teacher, student, self.task.num_labels, self.family.name,
+                   objective.shared_tokenizer_terms(self.family.name))
+        self.family.bind_tokenizer(student.model, student.tokenizer)
+        objective.bind(teacher.model, student.model, self.family.stacks)
+        self.family.features = objective.features  # hidden states / attentions for feature terms
+        self.stage_one(objective, teacher, student, train_ds)
+        ckpt_dir = Path(self.cfg.output_dir) / "checkpoints" / phase
+        if resume_dir is not None and resume_dir != Path(self.cfg.output_dir):
+            _copy_checkpoints(resume_dir / "checkpoints" / phase, ckpt_dir)
+        if peer is not None:
+            return student, online.fit(self, peer, student, train_ds, evals, ckpt_dir, resume_dir is not None, meta,
+                                       loop_config(self.cfg.trainer))
+        result = train(
+            student.model, train_ds, self.family, objective,
+            loop_config(self.cfg.trainer), self.tracker, phase,
+            self.device, self.precision, teacher_outputs=outputs,
+            evaluate=lambda m: self.evaluate(m, evals), metric=self.task.metric,
+            checkpoint_dir=ckpt_dir, resume=resume_dir is not None, meta=meta,
+            compile=self.cfg.hardware.compile,
+        )
+        return student, result
+
+    def stage_one(self, objective: Any, teacher: Loaded, student: Loaded, train_ds: Any) -> None:
+        """Terms trained in a stage of their own before distillation (TED's filters)."""
+        tr = self.cfg.trainer
+        for term in ted.stage_one_terms(objective):
+            recipe = term.recipe
+
+            def fit(model: torch.nn.Module, family: Any, lr: float, phase: str, recipe=recipe) -> None:
+                set_seed(recipe.seed)
+                train(model, train_ds, family, fine_tune_objective(), recipe.loop(loop_config(tr), lr),
+                      self.tracker, phase, self.device, self.precision)
+
+            training = {"weight_decay": tr.weight_decay, "max_grad_norm": tr.max_grad_norm,
+                        "precision": self.precision, "world_size": distributed.world_size()}
+            ted.stage_one(term, teacher.model, student.model, ted.StageContext(
+                family=self.family, train_ds=train_ds, task=self.task.name, cache_dir=self.cfg.cache_dir,
+                training=training, fit=fit, is_main=distributed.is_main, barrier=distributed.barrier))
+
+
+def _copy_checkpoints(src: Path, dst: Path) -> None:
+    """Resuming from another run dir: continue its newest checkpoints in this run's dir."""
+    for path in checkpoint.list_checkpoints(src)[-2:]:
+        if not (dst / path.name).exists():
+            shutil.copytree(path, dst / path.name)
+
+
+@dataclass
+class Setup:
+    """Everything the phases of a run read, built once by ``assemble``.
+
+    The teacher's tokenisation (``train_ds``, ``evals``) serves the teacher and a student
+    sharing its tokenizer; a student with a tokenizer of its own (ULD; encoder class
+    logits) reads ``s_train`` / ``s_evals``, and in distillation ``distill_ds`` pairs both.
+    ``t_distill``: the teacher's view of the distillation data, labelled rows then the
+    transfer rows (no gold label) that join the distilled student's data only.
+    """
+
+    exp: Experiment
+    teacher: Loaded
+    train_examples: List[Any]
+    eval_examples: Dict[str, List[Any]]
+    transfer_examples: List[Any]
+    train_ds: Any
+    evals: Dict[str, Any]
+    s_train: Any
+    s_evals: Dict[str, Any]
+    t_distill: Any
+    distill_ds: Any
+    teacher_hash: str
+    meta: Dict[str, Any]
+
+
+def assemble(exp: Experiment) -> Setup:
+    """Data, teacher and datasets of ``exp``'s run, in this order."""
+    cfg, task = exp.cfg, exp.task
+    # Data first: a missing or malformed file fails before any model is loaded.
+    train_examples = exp.examples("train", cfg.dataset.max_train_samples, cfg.seed)
+    eval_examples = {s: exp.examples(s, cfg.dataset.max_eval_samples, cfg.seed) for s in task.eval_splits}
+    make_transfer = exp.transfer_inputs(train_examples)
+    teacher = exp.teacher(finetune=not online.enabled(cfg) or cfg.online.teacher.finetuned)
+    exp.family.bind_tokenizer(teacher.model, teacher.tokenizer)
+    train_ds = exp.encode(teacher.tokenizer, train_examples)
+    evals = {split: exp.encode(teacher.tokenizer, ex) for split, ex in eval_examples.items()}
+    s_train, s_evals = train_ds, evals
+    transfer_examples = make_transfer(teacher.tokenizer)
+    t_distill = train_ds
+    if transfer_examples:
+        t_distill = WithTransfer(train_ds, exp.transfer_dataset(teacher, teacher.tokenizer, transfer_examples))
+    distill_ds = t_distill
+    if not same_tokenizer(teacher.tokenizer, exp.student_tokenizer):
+        s_train = exp.encode(exp.student_tokenizer, train_examples)
+        s_evals = {split: exp.encode(exp.student_tokenizer, ex) for split, ex in eval_examples.items()}
+        s_distill = s_train if not transfer_examples else WithTransfer(
+            s_train, exp.transfer_dataset(teacher, exp.student_tokenizer, transfer_examples))
+        distill_ds = PairedDataset(s_distill, t_distill)
+    teacher_hash = cache_keys.weights_digest(teacher.model)
+    meta = {**run_metadata(train_examples, teacher_hash), "world_size": distributed.world_size()}
+    if transfer_examples:
+        meta["transfer_data_sha256"] = cache_keys.examples_digest(transfer_examples)[:16]
+    return Setup(exp, teacher, train_examples, eval_examples, transfer_examples, train_ds, evals, s_train, s_evals,
+                 t_distill, distill_ds, teacher_hash, meta)
