@@ -6,7 +6,8 @@ runner calls ``finish`` once, on rank 0, after training.
 ``student`` (each ``{"name", "params", "dev": {metric: value}}``), ``divergence``, ``seed``,
 ``steps``, ``wall_seconds``, ``config``; extensions ``student.dev_last`` / ``dev_best`` /
 ``evaluations`` (``summarise``), ``majority``, ``baseline_student``, ``meta``,
-``<model>.footprint`` and ``reliability`` and ``savings`` (``finish``).
+``<model>.footprint`` and ``reliability`` and ``savings`` (``finish``), ``transfer``
+(``{"name", "examples"}`` with transfer data, ``kdlab.data.transfer``).
 """
 
 from __future__ import annotations
