@@ -70,7 +70,6 @@ class Experiment:
         self.objective = build_objective(cfg) if objective is None else objective
         # the distillation terms that need teacher and student to share a tokenizer
         self.needs_shared = self.objective.shared_tokenizer_terms(self.family.name)
-        self.student_tokenizer: Any = None  # set by check_objective
 
     # -- data ---------------------------------------------------------------------------
     def examples(self, split: str, max_samples: Optional[int], seed: int) -> List[Any]:
@@ -108,16 +107,19 @@ class Experiment:
                              self.device, self.precision)
 
     # -- models -------------------------------------------------------------------------
-    def teacher(self, finetune: bool = True) -> Loaded:
-        """The teacher with a task head: loaded, or fine-tuned once and cached on disk
-        (``finetune=False``: as loaded, a fresh head left untrained, for an online phase)."""
+    def load_teacher(self) -> Loaded:
+        """The teacher as its checkpoint gives it. A fresh task head is drawn under the
+        fine-tuning recipe's seed, so the fine-tuned teacher is a function of its cache key
+        (the model as loaded, data, recipe), whatever ran before."""
+        set_seed(self.cfg.teacher.finetune.seed)
+        return TEACHERS.get(self.cfg.teacher.name)(self.cfg.teacher, self.task.num_labels, self.cfg.cache_dir,
+                                                   self.family)
+
+    def fine_tuned(self, loaded: Loaded) -> Loaded:
+        """The teacher with a task head: ``loaded`` when it has one (and
+        ``teacher.force_finetune`` is false), else fine-tuned once and cached on disk."""
         tcfg = self.cfg.teacher
-        # A fresh task head is drawn under the recipe's seed, so the fine-tuned teacher is a
-        # function of its cache key (the model as loaded, data, recipe), whatever ran before.
-        set_seed(tcfg.finetune.seed)
-        loaded = TEACHERS.get(tcfg.name)(tcfg, self.task.num_labels, self.cfg.cache_dir, self.family)
-        self.check_objective(loaded)  # before any fine-tuning
-        if not finetune or (loaded.has_task_head and not tcfg.force_finetune):
+        if loaded.has_task_head and not tcfg.force_finetune:
             return loaded
         ft = tcfg.finetune
         examples = self.examples("train", ft.max_train_samples, ft.seed)
@@ -142,14 +144,15 @@ class Experiment:
         distributed.barrier()  # other ranks hold the same (synchronised) weights in memory
         return loaded
 
-    def check_objective(self, teacher: Loaded) -> None:
+    def check_objective(self, teacher: Loaded) -> Any:
         """Before any training: build the student and bind the objective's terms to both
         models, so that a precondition of the pair (same width, layer maps, filter counts)
-        fails now rather than after the teacher's fine-tuning."""
+        fails now rather than after the teacher's fine-tuning. Returns the student's
+        tokenizer (the datasets a student with a tokenizer of its own reads)."""
         student = STUDENTS.get(self.cfg.student.name)(self.cfg.student, teacher, self.task.num_labels, self.family)
         check_pair(teacher, student, self.task.num_labels, self.family.name, self.needs_shared)
-        self.student_tokenizer = student.tokenizer
         self.objective.bind(teacher.model, student.model, self.family.stacks)
+        return student.tokenizer
 
     def teacher_outputs(self, teacher: Loaded, teacher_hash: str, train_ds: Any, examples: List[Any]):
         """The teacher's outputs per batch: read from the on-disk cache, or computed live."""
@@ -267,7 +270,10 @@ def assemble(exp: Experiment) -> Setup:
     train_examples = exp.examples("train", cfg.dataset.max_train_samples, cfg.seed)
     eval_examples = {s: exp.examples(s, cfg.dataset.max_eval_samples, cfg.seed) for s in task.eval_splits}
     make_transfer = exp.transfer_inputs(train_examples)
-    teacher = exp.teacher(finetune=not online.enabled(cfg) or cfg.online.teacher.finetuned)
+    loaded = exp.load_teacher()
+    student_tokenizer = exp.check_objective(loaded)  # before any fine-tuning
+    # an online phase may start from the teacher as loaded (a fresh head left untrained)
+    teacher = exp.fine_tuned(loaded) if not online.enabled(cfg) or cfg.online.teacher.finetuned else loaded
     exp.family.bind_tokenizer(teacher.model, teacher.tokenizer)
     train_ds = exp.encode(teacher.tokenizer, train_examples)
     evals = {split: exp.encode(teacher.tokenizer, ex) for split, ex in eval_examples.items()}
@@ -277,11 +283,11 @@ def assemble(exp: Experiment) -> Setup:
     if transfer_examples:
         t_distill = WithTransfer(train_ds, exp.transfer_dataset(teacher, teacher.tokenizer, transfer_examples))
     distill_ds = t_distill
-    if not same_tokenizer(teacher.tokenizer, exp.student_tokenizer):
-        s_train = exp.encode(exp.student_tokenizer, train_examples)
-        s_evals = {split: exp.encode(exp.student_tokenizer, ex) for split, ex in eval_examples.items()}
+    if not same_tokenizer(teacher.tokenizer, student_tokenizer):
+        s_train = exp.encode(student_tokenizer, train_examples)
+        s_evals = {split: exp.encode(student_tokenizer, ex) for split, ex in eval_examples.items()}
         s_distill = s_train if not transfer_examples else WithTransfer(
-            s_train, exp.transfer_dataset(teacher, exp.student_tokenizer, transfer_examples))
+            s_train, exp.transfer_dataset(teacher, student_tokenizer, transfer_examples))
         distill_ds = PairedDataset(s_distill, t_distill)
     teacher_hash = cache_keys.weights_digest(teacher.model)
     meta = {**run_metadata(train_examples, teacher_hash), "world_size": distributed.world_size()}

@@ -47,7 +47,7 @@ def test_one_objective_per_training_phase(tmp_path, data_dir, cache_dir, monkeyp
 
 @pytest.mark.parametrize("override", ["objective.alpha=1.5", "divergence.params.epsilon=-1"])
 def test_a_bad_objective_fails_before_any_model(tmp_path, override, monkeypatch):
-    monkeypatch.setattr(runner.Experiment, "teacher", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(assembly.Experiment, "load_teacher", lambda *a, **k: pytest.fail("a model was loaded"))
     cfg = compose_config(["experiment=smoke", f"output_dir={tmp_path}", "logger=none", override])
     with pytest.raises(ConfigError):
         runner.run(cfg)
