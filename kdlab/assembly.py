@@ -70,6 +70,9 @@ class Experiment:
         self.objective = build_objective(cfg) if objective is None else objective
         # the distillation terms that need teacher and student to share a tokenizer
         self.needs_shared = self.objective.shared_tokenizer_terms(self.family.name)
+        # the family as distillation runs it: forwards also return what the feature terms
+        # read (hidden states, attentions); every other phase runs the plain one
+        self.distill_family = self.family.with_features(self.objective.features)
 
     # -- data ---------------------------------------------------------------------------
     def examples(self, split: str, max_samples: Optional[int], seed: int) -> List[Any]:
@@ -156,7 +159,7 @@ class Experiment:
 
     def teacher_outputs(self, teacher: Loaded, teacher_hash: str, train_ds: Any, examples: List[Any]):
         """The teacher's outputs per batch: read from the on-disk cache, or computed live."""
-        live = teacher_outputs.LiveTeacher(teacher.model, self.family, self.device, self.precision)
+        live = teacher_outputs.LiveTeacher(teacher.model, self.distill_family, self.device, self.precision)
         if token_cache.enabled(self.cfg):
             return self.token_teacher_outputs(teacher, teacher_hash, train_ds, examples)
         if not self.cfg.trainer.cache_teacher_outputs or self.family.name != "encoder" \
@@ -189,13 +192,13 @@ class Experiment:
         ``peer`` in an online phase (``kdlab.online``), which leaves ``peer`` trained too."""
         set_seed(self.cfg.seed)
         student = STUDENTS.get(self.cfg.student.name)(self.cfg.student, teacher, self.task.num_labels, self.family)
-        objective = self.objective if outputs is not None else fine_tune_objective()
+        objective, family = (self.objective, self.distill_family) if outputs is not None \
+            else (fine_tune_objective(), self.family)
         check_pair(teacher, student, self.task.num_labels, self.family.name,
                    objective.shared_tokenizer_terms(self.family.name))
         self.family.bind_tokenizer(student.model, student.tokenizer)
         objective.bind(teacher.model, student.model, self.family.stacks)
-        self.family.features = objective.features  # hidden states / attentions for feature terms
-        self.stage_one(objective, teacher, student, train_ds)
+        self.stage_one(objective, family, teacher, student, train_ds)
         ckpt_dir = Path(self.cfg.output_dir) / "checkpoints" / phase
         if resume_dir is not None and resume_dir != Path(self.cfg.output_dir):
             _copy_checkpoints(resume_dir / "checkpoints" / phase, ckpt_dir)
@@ -203,7 +206,7 @@ class Experiment:
             return student, online.fit(self, peer, student, train_ds, evals, ckpt_dir, resume_dir is not None, meta,
                                        loop_config(self.cfg.trainer))
         result = train(
-            student.model, train_ds, self.family, objective,
+            student.model, train_ds, family, objective,
             loop_config(self.cfg.trainer), self.tracker, phase,
             self.device, self.precision, teacher_outputs=outputs,
             evaluate=lambda m: self.evaluate(m, evals), metric=self.task.metric,
@@ -212,7 +215,7 @@ class Experiment:
         )
         return student, result
 
-    def stage_one(self, objective: Any, teacher: Loaded, student: Loaded, train_ds: Any) -> None:
+    def stage_one(self, objective: Any, family: Any, teacher: Loaded, student: Loaded, train_ds: Any) -> None:
         """Terms trained in a stage of their own before distillation (TED's filters)."""
         tr = self.cfg.trainer
         for term in ted.stage_one_terms(objective):
@@ -226,7 +229,7 @@ class Experiment:
             training = {"weight_decay": tr.weight_decay, "max_grad_norm": tr.max_grad_norm,
                         "precision": self.precision, "world_size": distributed.world_size()}
             ted.stage_one(term, teacher.model, student.model, ted.StageContext(
-                family=self.family, train_ds=train_ds, task=self.task.name, cache_dir=self.cfg.cache_dir,
+                family=family, train_ds=train_ds, task=self.task.name, cache_dir=self.cfg.cache_dir,
                 training=training, fit=fit, is_main=distributed.is_main, barrier=distributed.barrier))
 
 

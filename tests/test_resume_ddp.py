@@ -100,16 +100,21 @@ def test_killed_teacher_fine_tuning_resumes_to_the_same_teacher(tmp_path, data_d
                               "trainer.log_every=1", "trainer.progress=false"])
         return Experiment(cfg, tracker, torch.device("cpu"))
 
-    straight = experiment(tmp_path / "a", NullTracker()).teacher().model.state_dict()
+    def teacher(exp):  # as assemble() gets it: loaded, checked against the student, fine-tuned
+        loaded = exp.load_teacher()
+        exp.check_objective(loaded)
+        return exp.fine_tuned(loaded)
+
+    straight = teacher(experiment(tmp_path / "a", NullTracker())).model.state_dict()
     cache = tmp_path / "b"
     try:
-        experiment(cache, KilledAt("teacher_finetune", 5)).teacher()
+        teacher(experiment(cache, KilledAt("teacher_finetune", 5)))
         raise AssertionError("the fine-tuning was not interrupted")
     except KeyboardInterrupt:
         pass
     partial = next((cache / "teachers").glob(".partial-*"))
     assert [p.name for p in sorted(partial.glob("step-*"))] == ["step-00000002", "step-00000004"]
-    resumed = experiment(cache, NullTracker()).teacher()
+    resumed = teacher(experiment(cache, NullTracker()))
     assert not partial.exists()  # removed once the teacher is cached
     assert all(torch.equal(v, resumed.model.state_dict()[k]) for k, v in straight.items())
 

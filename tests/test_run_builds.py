@@ -61,3 +61,21 @@ def test_the_runner_is_a_short_list_of_phases():
     order = [source.index(f"{name}(") for name in ("validate", "build_objective", "assemble", "reference_rows",
                                                     "baseline_phase", "distillation_phase", "summary_phase")]
     assert order == sorted(order)
+
+
+def test_families_are_not_mutated_by_a_phase(tmp_path):
+    """Distillation with feature terms runs a copy of the family that returns hidden
+    states; the run's family (teacher fine-tuning, baseline, evaluation) stays plain."""
+    import torch
+
+    from kdlab.families import get_family
+    from kdlab.tracking import NullTracker
+
+    cfg = compose_config(["experiment=methods/distilbert", f"output_dir={tmp_path}", "logger=none"])
+    exp = assembly.Experiment(cfg, NullTracker(), torch.device("cpu"))
+    assert exp.distill_family.features == {"hidden_states"} and exp.family.features == frozenset()
+    assert type(exp.distill_family) is type(exp.family)
+    causal = get_family("causal")
+    copy = causal.with_features(frozenset({"attentions"}))
+    assert causal.features == frozenset() and copy.vocabs is causal.vocabs
+    assert causal.with_features(frozenset()) is causal

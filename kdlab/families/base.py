@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Dict, FrozenSet, Optional, Sequence, Tuple
@@ -58,9 +59,20 @@ class Family(ABC):
     # The stacks whose hidden states / attentions ``forward`` can return, in order (the
     # last one produces the logits); empty: the family does not support feature terms.
     stacks: Tuple[str, ...] = ()
-    # What ``forward`` returns besides logits, a subset of FEATURES: set by the runner
-    # when a feature term is configured (both teacher and student forwards need them).
+    # What ``forward`` returns besides logits, a subset of FEATURES: empty, unless the
+    # family is the copy ``with_features`` gives a phase whose feature terms read them
+    # (both the teacher's and the student's forwards).
     features: FrozenSet[str] = frozenset()
+
+    def with_features(self, features: FrozenSet[str]) -> Family:
+        """This family, as a copy whose ``forward`` also returns ``features``; the copy
+        shares what the family records about models (``bind_tokenizer``). ``self`` when
+        nothing changes."""
+        if frozenset(features) == self.features:
+            return self
+        out = copy.copy(self)
+        out.features = frozenset(features)
+        return out
 
     def feature_kwargs(self, model: torch.nn.Module) -> Dict[str, Any]:
         """Forward kwargs asking for the features the family's feature terms need."""
