@@ -82,7 +82,7 @@ def test_trainer_save_student_switches_the_saved_model_off(save, cache_dir, tmp_
         "student": {"name": "shrunk", "layers": None, "overrides": {"d_model": 64}, "tokenizer": "teacher"},
         "objective": {"alpha": 0.5, "ce_weight": None, "kd": {"temperature": 1.0, "t2": False, "anneal": False},
                       "terms": {}},
-        "divergence": {"name": "kl", "weight": 1.0, "params": {}}})
+        "divergence": {"name": "kl", "weight": 1.0, "params": {}}, "online": {"method": "none"}})
     exp = SimpleNamespace(cfg=cfg, task=task, family=pair.family, device=torch.device("cpu"), precision="fp32")
     results = {"task": task.name, "metric": task.metric, "steps": 1,
                "teacher": {"name": "tiny", "params": 1, "dev": {"f1_macro": 0.5}},
