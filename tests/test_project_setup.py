@@ -16,8 +16,9 @@ from tests.conftest import REPO, SKIP_DATA_ENV
 def make_dry_run(target: str, venv: Path) -> str:
     """The commands ``make <target>`` would run with ``VENV=venv`` (``make -n``: none is run)."""
     assert shutil.which("make"), "make is needed: the README's commands are make targets"
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "ARGS")}
     out = subprocess.run(["make", "-n", "-C", str(REPO), target, f"VENV={venv}"],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     return out.stdout
 

@@ -8,6 +8,7 @@ import importlib.util
 import json
 import shlex
 import statistics
+import os
 import subprocess
 from pathlib import Path
 
@@ -103,7 +104,11 @@ def test_make_table_commands_compose(target):
 
 
 def _make_n(target: str, *variables: str) -> list:
-    out = subprocess.run(["make", "-n", target, *variables], capture_output=True, text=True, cwd=REPO, check=True)
+    # a clean make: under `make test ARGS=...` the outer make's variables reach us through
+    # MAKEFLAGS and would be read as the table targets' own ARGS
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "ARGS")}
+    out = subprocess.run(["make", "-n", target, *variables], capture_output=True, text=True, cwd=REPO,
+                         check=True, env=env)
     return out.stdout.replace("\\\n", " ").splitlines()
 
 
