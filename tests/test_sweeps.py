@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shlex
 import statistics
-import os
 import subprocess
 from pathlib import Path
 
