@@ -142,3 +142,21 @@ class Family(ABC):
                     precision: str) -> np.ndarray:
         """The predictions alone, in the form ``kdlab.data.score`` takes."""
         return self.predict(model, loader, device, precision).values
+
+
+class WrappedFamily(Family):
+    """A family that runs another one's models differently (both networks of an online
+    phase, TED's filter probes): it loads, builds and encodes exactly as ``base`` does and
+    overrides only the steps it changes."""
+
+    def __init__(self, base: Family) -> None:
+        self.base, self.name = base, base.name
+
+    def load(self, *args: Any, **kwargs: Any) -> Any:
+        return self.base.load(*args, **kwargs)
+
+    def from_config(self, config: Any) -> torch.nn.Module:
+        return self.base.from_config(config)
+
+    def dataset(self, *args: Any, **kwargs: Any) -> Any:
+        return self.base.dataset(*args, **kwargs)

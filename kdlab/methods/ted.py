@@ -39,7 +39,7 @@ from kdlab import cache_keys
 from kdlab.choices import EvalStrategy, Select
 from kdlab.config import LoopConfig
 from kdlab.errors import ConfigError
-from kdlab.families.base import Batch, Family, Outputs
+from kdlab.families.base import Batch, Family, Outputs, WrappedFamily
 from kdlab.families.encoder import INPUTS
 from kdlab.features import FEATURE_TERMS, layer_count
 from kdlab.methods.layers import HiddenStatePairs
@@ -148,21 +148,8 @@ class FilterProbe(torch.nn.Module):
         return _ProbeOutput(self.bank.logits(self.bank.states([h.detach() for h in hidden])))
 
 
-class ProbeFamily(Family):
+class ProbeFamily(WrappedFamily):
     """The encoder family for ``FilterProbe``: the task loss averaged over the filters."""
-
-    def __init__(self, base: Family) -> None:
-        self.base = base
-        self.name = base.name
-
-    def load(self, *args: Any, **kwargs: Any) -> Any:
-        return self.base.load(*args, **kwargs)
-
-    def from_config(self, config: Any) -> torch.nn.Module:
-        return self.base.from_config(config)
-
-    def dataset(self, *args: Any, **kwargs: Any) -> Any:
-        return self.base.dataset(*args, **kwargs)
 
     def forward(self, model: torch.nn.Module, batch: Batch) -> Outputs:
         return Outputs(model(**{k: batch[k] for k in INPUTS if k in batch}).logits)  # [B, K, C]

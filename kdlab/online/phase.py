@@ -19,7 +19,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from kdlab.families.base import Batch, Family, Outputs, Predictions
+from kdlab.families.base import Batch, Family, Outputs, Predictions, WrappedFamily
 from kdlab.models import Loaded
 from kdlab.online import losses
 from kdlab.trainer import LoopResult, param_groups, train
@@ -43,20 +43,8 @@ class PeerOutputs(Outputs):
     teacher: Optional[Outputs] = None
 
 
-class PeerFamily(Family):
+class PeerFamily(WrappedFamily):
     """The run's family applied to both networks of a ``Peers`` module."""
-
-    def __init__(self, base: Family) -> None:
-        self.base, self.name = base, base.name
-
-    def load(self, *args: Any, **kwargs: Any) -> Any:
-        return self.base.load(*args, **kwargs)
-
-    def from_config(self, config: Any) -> torch.nn.Module:
-        return self.base.from_config(config)
-
-    def dataset(self, *args: Any, **kwargs: Any) -> Any:
-        return self.base.dataset(*args, **kwargs)
 
     def forward(self, model: torch.nn.Module, batch: Batch) -> PeerOutputs:
         s = self.base.forward(model.student, batch)
