@@ -112,16 +112,13 @@ def test_a_new_divergence_or_method_file_is_registered_without_any_other_edit(tm
     assert float(half_doubled) == pytest.approx(float(kl)) and method == "True"
 
 
-@pytest.mark.slow
-def test_a_new_divergence_runs_through_the_cli_from_one_file_and_one_yaml(tmp_path, data_dir, cache_dir):
-    """One Python file in kdlab/divergences/ and one YAML in kdlab/configs/divergence/:
-    ``kdlab ... divergence=half_kl`` trains with it and reports it."""
-    pkg = copy_of_kdlab(tmp_path / "src")
-    (pkg / "divergences" / "half_kl.py").write_text(NEW_DIVERGENCE)
-    (pkg / "configs" / "divergence" / "half_kl.yaml").write_text(NEW_OPTION)
+
+def run_copy(tmp_path: Path, option: str, data_dir: Path, cache_dir: Path) -> Path:
+    """A tiny ``experiment=smoke`` run of the package copy under ``tmp_path/src`` with
+    ``option``, in an environment that cannot see the checkout; returns its run dir."""
     run_dir = tmp_path / "run"
     out = subprocess.run(
-        [sys.executable, "-m", "kdlab", "experiment=smoke", "divergence=half_kl", "logger=none",
+        [sys.executable, "-m", "kdlab", "experiment=smoke", option, "logger=none",
          f"hydra.run.dir={run_dir}", f"cache_dir={cache_dir}", f"dataset.data_dir={data_dir}",
          "trainer.max_steps=2", "teacher.finetune.max_steps=2", "dataset.max_train_samples=32",
          "dataset.max_eval_samples=32", "teacher.finetune.max_train_samples=32", "trainer.save_student=false"],
@@ -129,6 +126,16 @@ def test_a_new_divergence_runs_through_the_cli_from_one_file_and_one_yaml(tmp_pa
         env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
              "HOME": str(Path.home()), "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
+    return run_dir
+
+@pytest.mark.slow
+def test_a_new_divergence_runs_through_the_cli_from_one_file_and_one_yaml(tmp_path, data_dir, cache_dir):
+    """One Python file in kdlab/divergences/ and one YAML in kdlab/configs/divergence/:
+    ``kdlab ... divergence=half_kl`` trains with it and reports it."""
+    pkg = copy_of_kdlab(tmp_path / "src")
+    (pkg / "divergences" / "half_kl.py").write_text(NEW_DIVERGENCE)
+    (pkg / "configs" / "divergence" / "half_kl.yaml").write_text(NEW_OPTION)
+    run_dir = run_copy(tmp_path, "divergence=half_kl", data_dir, cache_dir)
     results = json.loads((run_dir / "results.json").read_text())
     assert results["divergence"] == "half_kl"
     assert results["config"]["divergence"]["params"] == {"temperature": 2.0, "scale": 0.5}
@@ -186,16 +193,7 @@ def test_a_new_local_task_runs_through_the_cli_from_one_module_and_one_yaml(tmp_
     (pkg / "configs" / "dataset" / "local").mkdir()
     (pkg / "configs" / "dataset" / "local" / "reviews.yaml").write_text(NEW_TASK_OPTION)
     write_reviews(tmp_path / "data")
-    run_dir = tmp_path / "run"
-    out = subprocess.run(
-        [sys.executable, "-m", "kdlab", "experiment=smoke", "dataset=local/reviews", "logger=none",
-         f"hydra.run.dir={run_dir}", f"cache_dir={cache_dir}", f"dataset.data_dir={tmp_path / 'data'}",
-         "trainer.max_steps=2", "teacher.finetune.max_steps=2", "dataset.max_train_samples=32",
-         "dataset.max_eval_samples=32", "teacher.finetune.max_train_samples=32", "trainer.save_student=false"],
-        cwd=tmp_path / "src", capture_output=True, text=True, timeout=900,
-        env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-             "HOME": str(Path.home()), "OMP_NUM_THREADS": "1"})
-    assert out.returncode == 0, out.stderr[-3000:]
+    run_dir = run_copy(tmp_path, "dataset=local/reviews", tmp_path / "data", cache_dir)
     results = json.loads((run_dir / "results.json").read_text())
     assert results["task"] == "local/reviews" and results["metric"] == "accuracy"
     assert set(results["student"]["dev"]) >= {"accuracy"}
