@@ -132,8 +132,9 @@ class Objective(torch.nn.Module):
         has_label: Optional[torch.Tensor] = None,  # [B] bool: False on transfer examples (no gold label)
     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """The weighted sum and each term. ``supervised`` is already averaged over the
-        labelled examples (the family reads ``has_label``); terms that read gold labels see
-        only the rows where ``has_label`` is True; every other term sees the whole batch."""
+        labelled examples (the family reads ``has_label``); terms that read gold labels
+        average over the rows where ``has_label`` is True (their row mask); every other
+        term sees the whole batch."""
         z_s = student.logits.float()
         parts: Dict[str, torch.Tensor] = {}
         total = z_s.new_zeros(())
@@ -165,10 +166,9 @@ class Objective(torch.nn.Module):
             if labels is None:
                 raise ValueError(f"{type(module).__name__} needs gold labels; the objective got none")
             if has_label is not None:  # class logits [B, C] (label terms are encoder-only)
-                if not bool(has_label.any()):
-                    return z_s.sum() * 0.0
-                z_s, z_t, labels = z_s[has_label], z_t[has_label], labels[has_label]
-                mask = None if mask is None else mask[has_label]
+                # masked on the device, not selected: selecting rows waits for the device
+                mask = has_label if mask is None else mask & has_label
+                labels = torch.where(has_label, labels, 0)  # a transfer row's label may be anything
             kw["labels"] = labels
         if getattr(module, "needs_teacher_mask", False):  # each model's own answer span (ULD)
             kw["teacher_mask"] = teacher.mask

@@ -96,6 +96,38 @@ def test_label_terms_see_labelled_rows_only(name, params):
     assert none.item() == 0.0
 
 
+
+@pytest.mark.parametrize("name, params", [("ce", {}), ("dkd", {"warmup": 1.0}), ("pld", {}), ("demd", {})])
+def test_masked_rows_give_the_selected_rows_value_and_gradient_in_float64(name, params):
+    """Transfer rows are masked on the device, not selected (no host synchronisation): value
+    and gradient equal those of the labelled rows alone, in float64, whatever the transfer
+    rows' labels hold (here -1, which no loss accepts)."""
+    g = torch.Generator().manual_seed(3)
+    z_s = torch.randn(6, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    z_t = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    labels = torch.where(HAS_LABEL, GOLD, -1)
+    if name == "ce":
+        def value(z, zt, y, keep):
+            return get_family("encoder").supervised_loss(Outputs(z), {"labels": y, "has_label": keep}
+                                                         if keep is not None else {"labels": y})
+    else:
+        term = LABEL_TERMS.build(name, **params)
+        if name == "demd":
+            term.set_embeddings(torch.randn(3, 8, generator=g, dtype=torch.float64))
+        obj = Objective(0.0, [Term(name, 1.0, term)])
+
+        def value(z, zt, y, keep):
+            return obj(Outputs(z), torch.zeros((), dtype=torch.float64), Outputs(zt), labels=y, has_label=keep)[0]
+
+    masked = value(z_s, z_t, labels, HAS_LABEL)
+    (g_masked,) = torch.autograd.grad(masked, z_s)
+    rows = z_s[HAS_LABEL].detach().requires_grad_(True)
+    selected = value(rows, z_t[HAS_LABEL], GOLD[HAS_LABEL], None)
+    (g_rows,) = torch.autograd.grad(selected, rows)
+    torch.testing.assert_close(masked, selected, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(g_masked[HAS_LABEL], g_rows, rtol=1e-12, atol=1e-14)
+    assert torch.equal(g_masked[~HAS_LABEL], torch.zeros_like(g_masked[~HAS_LABEL]))
+
 class Items(torch.utils.data.Dataset):
     def __init__(self, values, labels):
         self.values, self.labels = values, torch.tensor(labels)

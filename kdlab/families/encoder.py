@@ -51,18 +51,22 @@ class EncoderFamily(Family):
 
     def supervised_loss(self, out: Outputs, batch: Batch) -> torch.Tensor:
         """Mean loss over the examples with a gold label (``has_label``; all without it).
-        Transfer rows are removed before any arithmetic: they get exactly zero gradient from
-        it, and a batch without a labelled row gives 0."""
+        Transfer rows are replaced by exact zeros on the device (selecting the labelled rows
+        would wait for the device): they get exactly zero gradient from it, and a batch
+        without a labelled row gives 0."""
         z = out.logits.float()  # [B, C]
         labels = batch["labels"]  # [B]
         keep = batch.get("has_label")  # [B] bool, present when the data has transfer examples
-        if keep is not None:
-            z, labels = z[keep], labels[keep]
-            if z.shape[0] == 0:
-                return out.logits.sum() * 0.0
-        if labels.is_floating_point():  # regression (STS-B): one output, MSE
-            return F.mse_loss(z.squeeze(-1), labels)
-        return F.cross_entropy(z, labels)
+        if keep is None:
+            if labels.is_floating_point():  # regression (STS-B): one output, MSE
+                return F.mse_loss(z.squeeze(-1), labels)
+            return F.cross_entropy(z, labels)
+        labels = torch.where(keep, labels, 0)  # a transfer row's label may be anything
+        if labels.is_floating_point():
+            rows = F.mse_loss(z.squeeze(-1), labels, reduction="none")
+        else:
+            rows = F.cross_entropy(z, labels, reduction="none")
+        return torch.where(keep, rows, 0.0).sum() / keep.sum().clamp_min(1)
 
     @torch.no_grad()
     def predict(self, model: torch.nn.Module, loader: Any, device: torch.device, precision: str) -> Predictions:

@@ -1,9 +1,13 @@
 """Logit terms that read gold labels: DKD, PLD and DEMD (EMO).
 
-They take ``(z_s, z_t, mask=None, labels=...)`` with ``z [B, C]`` class logits and
-``labels [B]`` class indices, and declare ``needs_labels = True``: the objective passes the
-batch's labels, and a configuration without class labels (a regression task, or a family
-whose labels are not the logits' classes) is rejected when the objective is built.
+They take ``(z_s, z_t, mask=None, labels=...)`` with ``z [B, C]`` class logits,
+``labels [B]`` class indices and ``mask`` None or ``[B]`` bool (the rows to average over:
+the objective passes ``has_label``, so transfer rows, whose labels mean nothing, get no
+value and exactly zero gradient; a batch without a kept row gives 0). The rows are masked
+on the device, never selected, so the term does not wait for the device. They declare
+``needs_labels = True``: the objective passes the batch's labels, and a configuration
+without class labels (a regression task, or a family whose labels are not the logits'
+classes) is rejected when the objective is built.
 """
 
 from __future__ import annotations
@@ -44,9 +48,24 @@ class LabelTerm(torch.nn.Module):
             raise ConfigError(f"needs [B, C] class logits and class labels: teacher.family=encoder "
                               f"(teacher.family={family} scores answer tokens)")
 
-    def check_mask(self, mask: Optional[Tensor]) -> None:
-        if mask is not None:
-            raise ValueError(f"{type(self).__name__} takes [B, C] class logits without a token mask")
+    def check_mask(self, mask: Optional[Tensor], z_s: Tensor) -> None:
+        if mask is not None and (mask.shape != z_s.shape[:1] or mask.dtype != torch.bool):
+            raise ValueError(f"{type(self).__name__} takes [B, C] class logits and a [B] bool row mask, "
+                             f"got a mask {tuple(mask.shape)} {mask.dtype}")
+
+
+def row_mean(values: Tensor, mask: Optional[Tensor]) -> Tensor:
+    """Mean of ``values [B]`` over the rows ``mask [B]`` keeps (all without one), 0 if none;
+    dropped rows are replaced by exact zeros on the device (no host synchronisation)."""
+    if mask is None:
+        return values.mean()
+    return torch.where(mask, values, 0.0).sum() / mask.sum().clamp_min(1).to(values.dtype)
+
+
+def one_hot(labels: Tensor, classes: int) -> Tensor:
+    """``[B, C]`` bool, True at each row's label. ``F.one_hot`` checks the labels' range on
+    the host (a synchronisation) outside CUDA."""
+    return labels[:, None] == torch.arange(classes, device=labels.device)
 
 
 @LABEL_TERMS.register("dkd")
@@ -95,19 +114,19 @@ class DecoupledKD(LabelTerm):
     def forward(self, student_logits: Tensor, teacher_logits: Tensor, mask: Optional[Tensor] = None,
                 labels: Optional[Tensor] = None) -> Tensor:
         check_class_inputs("dkd", student_logits, teacher_logits, labels)
-        self.check_mask(mask)
+        self.check_mask(mask, student_logits)
         with no_autocast(student_logits):
             s, t = compute_dtype(student_logits), compute_dtype(teacher_logits.detach())
-            T, B = self.temperature, s.shape[0]
-            gt = F.one_hot(labels, s.shape[-1]).to(s.dtype)  # [B, C]
+            T = self.temperature
+            gt = one_hot(labels, s.shape[-1]).to(s.dtype)  # [B, C]
             p_s, p_t = torch.softmax(s / T, -1), torch.softmax(t / T, -1)
             b_s = torch.stack([(p_s * gt).sum(-1), (p_s * (1 - gt)).sum(-1)], -1)  # [B, 2]
             b_t = torch.stack([(p_t * gt).sum(-1), (p_t * (1 - gt)).sum(-1)], -1)
-            tckd = (torch.special.xlogy(b_t, b_t) - b_t * torch.log(b_s)).sum() * T**2 / B
+            tckd = (torch.special.xlogy(b_t, b_t) - b_t * torch.log(b_s)).sum(-1) * T**2  # [B]
             log_hat_s = torch.log_softmax(s / T - 1000.0 * gt, -1)
             hat_t = torch.softmax(t / T - 1000.0 * gt, -1)
-            nckd = (torch.special.xlogy(hat_t, hat_t) - hat_t * log_hat_s).sum() * T**2 / B
-            return self.warmup_factor * (self.alpha * tckd + self.beta * nckd)
+            nckd = (torch.special.xlogy(hat_t, hat_t) - hat_t * log_hat_s).sum(-1) * T**2  # [B]
+            return self.warmup_factor * row_mean(self.alpha * tckd + self.beta * nckd, mask)
 
 
 @LABEL_TERMS.register("pld")
@@ -133,16 +152,16 @@ class PlackettLuceKD(LabelTerm):
     def forward(self, student_logits: Tensor, teacher_logits: Tensor, mask: Optional[Tensor] = None,
                 labels: Optional[Tensor] = None) -> Tensor:
         check_class_inputs("pld", student_logits, teacher_logits, labels)
-        self.check_mask(mask)
+        self.check_mask(mask, student_logits)
         with no_autocast(student_logits):
             s, t = compute_dtype(student_logits), compute_dtype(teacher_logits.detach())
             # ascending by teacher logit, the gold class moved last (= pi read backwards)
-            key = t.masked_fill(F.one_hot(labels, s.shape[-1]).bool(), math.inf)
+            key = t.masked_fill(one_hot(labels, s.shape[-1]), math.inf)
             order = key.argsort(dim=-1, stable=True)  # [B, C]
             s_perm, t_perm = s.gather(-1, order), t.gather(-1, order)
             per_position = torch.logcumsumexp(s_perm, dim=-1) - s_perm
             weights = torch.softmax(t_perm / self.tau, dim=-1)
-            return (weights * per_position).sum(-1).mean()
+            return row_mean((weights * per_position).sum(-1), mask)
 
 
 def class_embeddings(model: torch.nn.Module) -> Tensor:
@@ -207,7 +226,7 @@ class DEMD(LabelTerm):
     def forward(self, student_logits: Tensor, teacher_logits: Tensor, mask: Optional[Tensor] = None,
                 labels: Optional[Tensor] = None) -> Tensor:
         check_class_inputs("demd", student_logits, teacher_logits, labels, self.needs_labels)
-        self.check_mask(mask)
+        self.check_mask(mask, student_logits)
         E = self.embeddings()
         if E.shape[0] != student_logits.shape[-1]:
             raise ValueError(f"demd: {E.shape[0]} embedding rows for {student_logits.shape[-1]} classes")
@@ -217,11 +236,11 @@ class DEMD(LabelTerm):
             q_repr = q @ E.to(s.dtype)  # [B, H]
             if self.target == "teacher":
                 p = torch.softmax(compute_dtype(teacher_logits.detach()) / self.temperature, -1)
-                return (1.0 - ((p @ E.to(s.dtype)) * q_repr).sum(-1)).mean()
+                return row_mean(1.0 - ((p @ E.to(s.dtype)) * q_repr).sum(-1), mask)
             emd = 1.0 - (E.to(s.dtype)[labels] * q_repr).sum(-1)  # [B]
             mle = F.cross_entropy(s, labels, reduction="none")
             ratio = (mle / emd.clamp_min(1e-12)).detach()
-            return (0.5 * (mle + ratio * emd)).mean()
+            return row_mean(0.5 * (mle + ratio * emd), mask)
 
     def extra_repr(self) -> str:
         return f"target={self.target!r}, frozen={self.frozen}"
