@@ -24,6 +24,7 @@ from kdlab import (
     cache_keys,
     checkpoint,
     distributed,
+    on_policy,
     online,
     teacher_cache,
     teacher_outputs,
@@ -205,13 +206,16 @@ class Experiment:
         if peer is not None:
             return student, online.fit(self, peer, student, train_ds, evals, ckpt_dir, resume_dir is not None, meta,
                                        loop_config(self.cfg.trainer))
+        # distillation may sample part of its answers from the student (trainer.on_policy)
+        sampler = None if outputs is None else on_policy.build(self.cfg, family, student.tokenizer,
+                                                                next(iter(evals.values())), self.device)
         result = train(
             student.model, train_ds, family, objective,
             loop_config(self.cfg.trainer), self.tracker, phase,
             self.device, self.precision, teacher_outputs=outputs,
             evaluate=lambda m: self.evaluate(m, evals), metric=self.task.metric,
             checkpoint_dir=ckpt_dir, resume=resume_dir is not None, meta=meta,
-            compile=self.cfg.hardware.compile,
+            compile=self.cfg.hardware.compile, on_policy=sampler,
         )
         return student, result
 

@@ -91,6 +91,14 @@ class TeacherTerm(StrEnum):
     none = "none"
 
 
+class OnPolicySchedule(StrEnum):
+    """``trainer.on_policy.schedule``: a fixed fraction of student-generated answers (GKD), or
+    one raised when the dev loss goes up (DistiLLM's adaptive scheduler; ``kdlab.on_policy``)."""
+
+    fixed = "fixed"
+    adaptive = "adaptive"
+
+
 def values(choice: Type[StrEnum]) -> List[str]:
     return [m.value for m in choice]
 

@@ -31,6 +31,7 @@ from kdlab.choices import (
     OnBadRow,
     OnlineMethod,
     OnNan,
+    OnPolicySchedule,
     Precision,
     RankScoring,
     Select,
@@ -220,6 +221,26 @@ class TeacherCacheConfig:
 
 
 @dataclass
+class OnPolicyConfig:
+    """Student-generated answers in the distillation loop (seq2seq, causal; ``kdlab.on_policy``).
+
+    Each batch, a fraction ``lmbda`` of its examples (drawn under the run's seed and the
+    micro-batch's number) get an answer sampled from the student in place of the gold one;
+    the teacher scores it and the loss covers the generated tokens only. 0: off-policy.
+    """
+
+    lmbda: float = 0.0  # fraction of student-generated answers (GKD's lambda); adaptive: its start
+    schedule: OnPolicySchedule = OnPolicySchedule.fixed  # "fixed" | "adaptive" (DistiLLM)
+    temperature: float = 1.0  # sampling temperature of the student's generations
+    top_p: float = 1.0  # nucleus sampling (1: the whole distribution)
+    max_new_tokens: int = 16  # longest generated answer (EOS included)
+    # adaptive: after an evaluation whose dev loss is >= the reference + loss_eps, lmbda rises
+    # by lmbda_step (at most 1) and that loss becomes the reference (DistiLLM: 0.1 and 0.1)
+    lmbda_step: float = 0.1
+    loss_eps: float = 0.1
+
+
+@dataclass
 class TrainerConfig(LoopConfig):
     """The student's loop (and the baseline student's), and what the run does around it."""
 
@@ -229,6 +250,7 @@ class TrainerConfig(LoopConfig):
     # Compute the teacher's logits on the train set once and reuse them (disk, memory-mapped).
     cache_teacher_outputs: bool = True
     teacher_cache: TeacherCacheConfig = field(default_factory=TeacherCacheConfig)
+    on_policy: OnPolicyConfig = field(default_factory=OnPolicyConfig)
     # Also train the student with cross-entropy only (no teacher), as a reference row.
     baseline_student: bool = False
     # Save each trained student in Hugging Face format under the run dir (student/,

@@ -32,6 +32,7 @@ from kdlab.config import LoopConfig
 from kdlab.families.base import Family, Outputs
 from kdlab.nonfinite import NonFiniteGuard
 from kdlab.objective import Objective
+from kdlab.on_policy import OnPolicy
 from kdlab.precision import autocast
 from kdlab.tracking import DeviceMeans, Tracker
 
@@ -123,6 +124,7 @@ def train(
     meta: Optional[Dict[str, Any]] = None,
     compile: bool = False,
     groups: Optional[List[Dict[str, Any]]] = None,
+    on_policy: Optional[OnPolicy] = None,
 ) -> LoopResult:
     """Train ``model`` on ``dataset``; returns the steps taken and every evaluation.
 
@@ -134,6 +136,8 @@ def train(
     a group may carry its own ``lr`` (the schedule scales each group's peak rate by the
     same factor), a ``clip`` name and ``max_grad_norm``: gradients are clipped per name
     (the networks of an online phase, each clipped on its own) at that name's norm.
+    ``on_policy``: part of each micro-batch's answers sampled from ``model`` before the
+    teacher scores them (``kdlab.on_policy``); its schedule is saved with the checkpoints.
     """
     if objective.needs_teacher and teacher_outputs is None:
         raise ValueError("distillation objective without a teacher")
@@ -181,6 +185,8 @@ def train(
             sampler.epoch, epoch_batches = state["epoch"], state["epoch_batches"]
             result = LoopResult(**state["result"])
             best_value, bad_evals, best_state = state["best_value"], state["bad_evals"], state["best_state"]
+            if on_policy is not None:
+                on_policy.load_state_dict(state["on_policy"])
             log.info("%s: resumed from step %d (%s)", phase, result.steps, state["meta"]["step"])
     guard = NonFiniteGuard(settings.on_nan, phase, device, skipped=result.skipped_steps)
 
@@ -197,7 +203,7 @@ def train(
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "rng": checkpoint.rng_state(), "epoch": sampler.epoch, "epoch_batches": epoch_batches,
             "result": result.__dict__, "best_value": best_value, "bad_evals": bad_evals,
-            "best_state": best_state,
+            "best_state": best_state, "on_policy": None if on_policy is None else on_policy.state_dict(),
         }
         checkpoint.save(checkpoint_dir, result.steps, state, meta or {}, settings.keep_last)
 
@@ -208,6 +214,9 @@ def train(
         stop = False
         if distributed.is_main() and evaluate is not None:
             metrics = evaluate(model)
+            if on_policy is not None:  # the adaptive schedule reads the dev loss
+                tracker.log({"phase": phase, "phase_step": result.steps,
+                             **{f"{phase}/{k}": v for k, v in on_policy.after_evaluation(model).items()}})
             model.train()
             result.evaluations.append({"step": result.steps, "metrics": metrics})
             tracker.log({"phase": phase, "phase_step": result.steps,
@@ -230,12 +239,16 @@ def train(
     bar = tqdm(total=steps, initial=result.steps, desc=phase, dynamic_ncols=True,
                disable=not settings.progress or not distributed.is_main())
     stopped = result.steps >= steps
+    if on_policy is not None and not stopped:
+        on_policy.start(model)  # the adaptive schedule's first dev loss
     optimizer.zero_grad(set_to_none=True)
     while not stopped:
         sampler.skip_batches = epoch_batches
         for batch in loader:
             objective.set_progress(result.steps / steps, sampler.epoch, epochs)
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            if on_policy is not None:  # micro-batch number: the same rows drawn after a resume
+                batch = on_policy(model, batch, result.steps * settings.grad_accum + micro)
             teacher = teacher_outputs(batch) if objective.needs_teacher else None
             with autocast(device, precision):
                 out = family.forward(train_model, batch)
@@ -275,6 +288,8 @@ def train(
                        f"{phase}/samples_per_s": (seen - window_seen) / max(now - window_t0, 1e-9),
                        f"{phase}/samples_per_s_cumulative": seen / max(now - t0, 1e-9)}
                 window_t0, window_seen = now, seen
+                if on_policy is not None:
+                    row.update({f"{phase}/{k}": v for k, v in on_policy.window().items()})
                 agree = agreement(out, teacher) if teacher is not None else math.nan
                 if not math.isnan(agree):  # no common classes: nothing to report
                     row[f"{phase}/agreement"] = agree

@@ -6,7 +6,7 @@ from typing import Any, Optional, Sequence
 
 from omegaconf import OmegaConf
 
-from kdlab import online
+from kdlab import on_policy, online
 from kdlab.config import Config, LoopConfig
 from kdlab.config_keys import check_known_keys
 from kdlab.data import get_task
@@ -37,6 +37,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"student.tokenizer={cfg.student.tokenizer!r} applies to student=shrunk only "
                           f"(student={cfg.student.name} comes with its own or the teacher's tokenizer)")
     online.check(cfg)
+    on_policy.check(cfg)
     _positive("dataset.max_length", cfg.dataset.max_length)
     _positive("trainer.eval_batch_size", cfg.trainer.eval_batch_size)
     for node in ("trainer", "teacher.finetune"):

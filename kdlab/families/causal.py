@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM
 
 from kdlab.data import prompts
 from kdlab.errors import ConfigError
-from kdlab.families import FAMILIES
+from kdlab.families import FAMILIES, generation
 from kdlab.families import tokens as tk
 from kdlab.families.base import Batch, Outputs, Predictions
 from kdlab.precision import autocast
@@ -112,6 +112,30 @@ class CausalFamily(tk.TokenFamily):
                                      tk.model_kwargs(self, model))
         feats = self.feature_fields({"decoder": (out.hidden_states, out.attentions, batch["attention_mask"])})
         return Outputs(tk.slice_vocab(logits, self.vocab_of(model)), mask, **feats)  # [B, A, V]
+
+    def generated_batch(self, model: torch.nn.Module, batch: Batch, rows: torch.Tensor,
+                        sampling: generation.Sampling) -> Batch:
+        """``batch`` with the answers of ``rows [B]`` sampled from ``model`` after their prompts
+        (up to and including EOS), the other rows' gold answers kept: ``input_ids``,
+        ``attention_mask``, ``target_ids`` and ``target_mask`` rebuilt as the dataset builds
+        them, so the mask covers answer tokens only (prompt and padding masked)."""
+        device = batch["input_ids"].device
+        prompts: List[List[int]] = []
+        answers: List[List[int]] = []
+        for seq, real, n in zip(batch["input_ids"].tolist(), batch["attention_mask"].bool().tolist(),
+                                batch["target_mask"].sum(-1).tolist(), strict=True):
+            seq = [t for t, r in zip(seq, real, strict=True) if r]  # left padding dropped
+            prompts.append(seq[:len(seq) - n])
+            answers.append(seq[len(seq) - n:])
+        chosen = rows.nonzero().flatten().tolist()
+        if chosen:
+            ids = tk.pad([prompts[i] for i in chosen], sampling.pad_id, left=True).to(device)  # [n, P]
+            mask = tk.pad([[1] * len(prompts[i]) for i in chosen], 0, left=True).to(device)
+            out = generation.sample(model, sampling, self.vocab_of(model), input_ids=ids, attention_mask=mask)
+            for i, answer in zip(chosen, generation.cut_at_eos(out[:, ids.shape[1]:], sampling.eos_id), strict=True):
+                answers[i] = answer
+        rebuilt = _answer_batch(prompts, answers, sampling.pad_id)
+        return {**batch, **{k: v.to(device) for k, v in rebuilt.items()}}
 
     @torch.no_grad()
     def predict(self, model: torch.nn.Module, loader: Any, device: torch.device, precision: str) -> Predictions:

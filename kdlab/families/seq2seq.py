@@ -18,7 +18,7 @@ from transformers import AutoModelForSeq2SeqLM
 from transformers.modeling_outputs import BaseModelOutput
 
 from kdlab.data import prompts
-from kdlab.families import FAMILIES
+from kdlab.families import FAMILIES, generation
 from kdlab.families import tokens as tk
 from kdlab.families.base import Batch, Outputs, Predictions
 from kdlab.precision import autocast
@@ -71,12 +71,16 @@ class Seq2SeqDataset(torch.utils.data.Dataset):
         return batch
 
 
-def shift_right(model: torch.nn.Module, targets: torch.Tensor) -> torch.Tensor:
-    """Decoder inputs for teacher forcing: ``[start] + targets[:-1]`` (``[B, T]``)."""
+def decoder_start(model: torch.nn.Module) -> int:
+    """The decoder's first input: its start token, or padding (T5) where it has none."""
     config = getattr(model, "module", model).config
     start = config.decoder_start_token_id
-    start = config.pad_token_id if start is None else start
-    return torch.cat([targets.new_full((targets.shape[0], 1), start), targets[:, :-1]], dim=1)
+    return int(config.pad_token_id if start is None else start)
+
+
+def shift_right(model: torch.nn.Module, targets: torch.Tensor) -> torch.Tensor:
+    """Decoder inputs for teacher forcing: ``[start] + targets[:-1]`` (``[B, T]``)."""
+    return torch.cat([targets.new_full((targets.shape[0], 1), decoder_start(model)), targets[:, :-1]], dim=1)
 
 
 @FAMILIES.register("seq2seq")
@@ -97,6 +101,26 @@ class Seq2SeqFamily(tk.TokenFamily):
             "decoder": (out.decoder_hidden_states, out.decoder_attentions, mask),
         })
         return Outputs(tk.slice_vocab(out.logits, self.vocab_of(model)), mask, **feats)  # [B, T, V]
+
+    def generated_batch(self, model: torch.nn.Module, batch: Batch, rows: torch.Tensor,
+                        sampling: generation.Sampling) -> Batch:
+        """``batch`` with the targets of ``rows [B]`` sampled from ``model`` given their sources
+        (up to and including EOS), the other rows' gold targets kept; ``target_ids`` and
+        ``target_mask`` rebuilt right-padded, the mask on target tokens only."""
+        device = batch["target_ids"].device
+        targets = [[t for t, m in zip(ids, keep, strict=True) if m]
+                   for ids, keep in zip(batch["target_ids"].tolist(), batch["target_mask"].tolist(), strict=True)]
+        chosen = rows.nonzero().flatten().tolist()
+        if chosen:
+            index = torch.tensor(chosen, device=device)
+            out = generation.sample(model, sampling, self.vocab_of(model), input_ids=batch["input_ids"][index],
+                                    attention_mask=batch["attention_mask"][index],
+                                    decoder_start_token_id=decoder_start(model))
+            # out [n, 1 + new]: the start token, then the sampled ones
+            for i, target in zip(chosen, generation.cut_at_eos(out[:, 1:], sampling.eos_id), strict=True):
+                targets[i] = target
+        return {**batch, "target_ids": tk.pad(targets, sampling.pad_id).to(device),  # [B, T']
+                "target_mask": tk.pad([[1] * len(t) for t in targets], 0).bool().to(device)}
 
     @torch.no_grad()
     def predict(self, model: torch.nn.Module, loader: Any, device: torch.device, precision: str) -> Predictions:
@@ -132,7 +156,7 @@ class Seq2SeqFamily(tk.TokenFamily):
         config = model.config
         gen = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                              max_new_tokens=GENERATE_TOKENS, do_sample=False, num_beams=1,
-                             decoder_start_token_id=shift_right(model, batch["input_ids"][:, :1])[0, 0].item(),
+                             decoder_start_token_id=decoder_start(model),
                              eos_token_id=tk.eos_id(tokenizer), pad_token_id=config.pad_token_id)
         values = []
         for text in tokenizer.batch_decode(gen, skip_special_tokens=True):

@@ -5,6 +5,7 @@ collection of hidden states / attentions for feature terms."""
 from __future__ import annotations
 
 import weakref
+from abc import abstractmethod
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -154,6 +155,13 @@ class TokenFamily(Family):
         self.check_task(task)
         self.vocab = len(tokenizer)
         return self.dataset_class(tokenizer, examples, task, dataset_cfg)
+
+    @abstractmethod
+    def generated_batch(self, model: torch.nn.Module, batch: Dict[str, torch.Tensor], rows: torch.Tensor,
+                        sampling: Any) -> Dict[str, torch.Tensor]:
+        """``batch`` with the answers of ``rows [B]`` (bool) sampled from ``model`` under
+        ``sampling`` (a ``kdlab.families.generation.Sampling``) in place of the gold ones:
+        on-policy distillation (``kdlab.on_policy``)."""
 
     def supervised_loss(self, out: Any, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
         """Token cross-entropy on the answers of examples with a gold label (``has_label``);

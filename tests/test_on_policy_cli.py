@@ -1,0 +1,92 @@
+"""``trainer.on_policy``: refused where it cannot run (at composition or before any model is
+loaded), and end to end on the token-family smoke presets with half the answers generated."""
+
+import json
+
+import pytest
+from hydra.errors import ConfigCompositionException
+
+from kdlab.config_keys import composition_key_error
+from kdlab.errors import ConfigError
+from kdlab.validation import validate
+from tests.conftest import compose_config, run_cli
+
+CAUSAL = ["output_dir=/tmp/x", "experiment=smoke_causal"]
+
+
+def test_a_schedule_typo_is_refused_while_composing():
+    with pytest.raises(ConfigCompositionException) as e:
+        compose_config([*CAUSAL, "trainer.on_policy.schedule=adaptve"])
+    assert str(composition_key_error(e.value)) == \
+        "trainer.on_policy.schedule='adaptve': valid values are fixed, adaptive"
+
+
+@pytest.mark.parametrize("overrides, pattern", [
+    (["output_dir=/tmp/x", "trainer.on_policy.lmbda=0.5"],  # the default teacher is an encoder
+     r"trainer.on_policy.lmbda=0.5 samples answers from the student: it needs teacher.family=seq2seq or causal.*"
+     r"set trainer.on_policy.lmbda=0"),
+    ([*CAUSAL, "trainer.on_policy.lmbda=0.5", "trainer.cache_teacher_outputs=true", "trainer.teacher_cache.top_k=8"],
+     r"teacher-output cache cannot hold; set trainer.teacher_cache.top_k=null"),
+    ([*CAUSAL, "trainer.on_policy.schedule=adaptive", "trainer.teacher_cache.top_k=8"],
+     r"trainer.on_policy.schedule=adaptive: .*trainer.teacher_cache.top_k=null"),
+    ([*CAUSAL, "trainer.on_policy.lmbda=1.5"], r"trainer.on_policy.lmbda=1.5: must be in \[0, 1\]"),
+    ([*CAUSAL, "trainer.on_policy.lmbda=0.5", "trainer.on_policy.top_p=0"], r"trainer.on_policy.top_p=0.0"),
+    ([*CAUSAL, "trainer.on_policy.lmbda=0.5", "trainer.on_policy.max_new_tokens=0"],
+     r"trainer.on_policy.max_new_tokens=0: must be >= 1"),
+    ([*CAUSAL, "trainer.on_policy.lmbda=0.5", "student.tokenizer=bytes"], r"set student.tokenizer=teacher"),
+    ([*CAUSAL, "trainer.on_policy.schedule=adaptive"], r"set trainer.eval_strategy=epoch"),
+])
+def test_what_on_policy_cannot_serve_is_refused_in_one_line(overrides, pattern):
+    cfg = compose_config(overrides)
+    with pytest.raises(ConfigError, match=pattern) as e:
+        validate(cfg)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["output_dir=/tmp/x"],  # off-policy on the encoder family
+    [*CAUSAL, "trainer.on_policy.lmbda=0", "trainer.teacher_cache.top_k=8"],  # lmbda 0: a cache is fine
+    [*CAUSAL, "trainer.on_policy.lmbda=0.5"],
+    [*CAUSAL, "trainer.on_policy.schedule=adaptive", "trainer.eval_strategy=epoch"],
+])
+def test_what_on_policy_can_serve_is_accepted(overrides):
+    validate(compose_config(overrides))
+
+
+SHORT = ["teacher.finetune.max_steps=2", "teacher.finetune.max_train_samples=16", "dataset.max_train_samples=32",
+         "dataset.max_eval_samples=8", "trainer.max_steps=2", "trainer.log_every=1", "trainer.batch_size=8",
+         "trainer.save_student=false", "logger=none", "trainer.on_policy.lmbda=0.5",
+         "trainer.on_policy.max_new_tokens=3"]
+
+
+def run_on_policy(preset: str, tmp_path, data_dir, *extra: str) -> list:
+    out = run_cli([f"experiment={preset}", f"hydra.run.dir={tmp_path / 'run'}", f"cache_dir={tmp_path / 'cache'}",
+                   *SHORT, *extra], env_extra={"KDLAB_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["steps"] == 2
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "student/on_policy/generated" in r]
+
+
+def test_causal_smoke_distils_with_half_the_answers_generated(tmp_path, data_dir):
+    rows = run_on_policy("smoke_causal", tmp_path, data_dir)
+    assert [r["student/on_policy/generated"] for r in rows] == [0.5, 0.5]  # 4 of 8 rows, each step
+    assert all(r["student/on_policy/lmbda"] == 0.5 for r in rows)
+    assert all(r["student/loss"] > 0 for r in rows)
+
+
+@pytest.mark.slow
+def test_seq2seq_smoke_distils_with_half_the_answers_generated(tmp_path, data_dir):
+    rows = run_on_policy("smoke_seq2seq", tmp_path, data_dir)
+    assert [r["student/on_policy/generated"] for r in rows] == [0.5, 0.5]
+    assert all(r["student/loss"] > 0 for r in rows)
+
+
+@pytest.mark.slow
+def test_adaptive_schedule_logs_the_dev_loss_after_each_evaluation(tmp_path, data_dir):
+    rows = run_on_policy("smoke_causal", tmp_path, data_dir, "trainer.on_policy.schedule=adaptive",
+                         "trainer.eval_strategy=steps", "trainer.eval_every=1")
+    out = tmp_path / "run" / "metrics.jsonl"
+    evals = [json.loads(line) for line in out.read_text().splitlines() if "student/on_policy/dev_loss" in line]
+    assert len(evals) == 2 and all(r["student/on_policy/dev_loss"] > 0 for r in evals)
+    assert rows and all(0.5 <= r["student/on_policy/lmbda"] <= 1.0 for r in rows)
