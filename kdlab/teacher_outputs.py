@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -73,6 +73,25 @@ def cached(path: Path, make: Callable[[], np.ndarray]) -> np.ndarray:
     else:
         log.info("teacher outputs read from %s", path)
     return np.load(path, mmap_mode="r")
+
+
+@runtime_checkable
+class HostBatchSource(Protocol):
+    """A teacher-output source that reads its batch on the host (a cache on disk, indexed
+    by example): the trainer calls ``from_host`` with the batch as collated, before its
+    copy to the device, instead of ``source(batch)`` with the copy, whose reading back
+    would make every step wait for the device."""
+
+    def from_host(self, batch: Dict[str, torch.Tensor], device: torch.device) -> Outputs: ...
+
+
+def teacher_for(source: Callable[[Dict[str, torch.Tensor]], Outputs], batch: Dict[str, torch.Tensor],
+                host_batch: Optional[Dict[str, torch.Tensor]], device: torch.device) -> Outputs:
+    """``source``'s outputs for a batch, given on the device (``batch``) and as collated
+    (``host_batch``; None when the batch was made on the device): see ``HostBatchSource``."""
+    if host_batch is not None and isinstance(source, HostBatchSource):
+        return source.from_host(host_batch, device)
+    return source(batch)
 
 
 class CachedTeacher:

@@ -204,7 +204,12 @@ def cached(root: Path, make: Any) -> "TokenCachedTeacher":
 class TokenCachedTeacher:
     """``teacher_outputs(batch)`` from a token cache: ``Outputs`` whose ``sparse`` holds
     the batch's ``SparseTeacher`` ``[B, T, k]`` and whose ``logits`` are its top-k
-    log-probabilities (``mask`` the batch's answer tokens, from its ``target_mask``)."""
+    log-probabilities (``mask`` the batch's answer tokens, from its ``target_mask``).
+
+    It reads the batch's example indices and answer masks on the host: the trainer hands
+    it the batch as collated, before the copy to the device (``from_host``), so that a
+    step never waits for the device to send them back
+    (``kdlab.teacher_outputs.HostBatchSource``)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -232,10 +237,16 @@ class TokenCachedTeacher:
         return shard["logp"][lo - base:hi - base], shard["index"][lo - base:hi - base], shard["tail"][lo - base:hi - base]
 
     def __call__(self, batch: Dict[str, torch.Tensor]) -> Outputs:
+        """The outputs on the device of ``batch`` (which is read on the host: on a GPU
+        this waits for the device; the trainer calls ``from_host``)."""
+        return self.from_host({k: v.cpu() for k, v in batch.items()}, batch["index"].device)
+
+    def from_host(self, batch: Dict[str, torch.Tensor], device: torch.device) -> Outputs:
+        """The outputs of a batch still on the host, copied to ``device`` without blocking."""
         mask = teacher_batch(batch)["target_mask"]  # [B, T] bool, the answer tokens
         rows = [self.rows(int(i)) for i in batch["index"].tolist()]
         counts = mask.sum(-1).tolist()
-        for i, n, r in zip(batch["index"].tolist(), counts, rows):
+        for i, n, r in zip(batch["index"].tolist(), counts, rows, strict=True):
             if len(r[2]) != n:
                 raise DataError(f"the token teacher cache {self.root} holds {len(r[2])} tokens for example {i} "
                                 f"but the batch has {n}; delete the directory to rebuild it")
@@ -243,12 +254,11 @@ class TokenCachedTeacher:
         logp = torch.zeros(B, T, self.k)
         index = torch.zeros(B, T, self.k, dtype=torch.long)
         tail = torch.zeros(B, T)
-        cpu_mask = mask.cpu()
-        logp[cpu_mask] = torch.from_numpy(np.concatenate([r[0] for r in rows]).astype(np.float32))
-        index[cpu_mask] = torch.from_numpy(np.concatenate([r[1] for r in rows]).astype(np.int64))
-        tail[cpu_mask] = torch.from_numpy(np.concatenate([r[2] for r in rows]).astype(np.float32))
-        dev = mask.device
-        sparse = SparseTeacher(logp.to(dev), index.to(dev), tail.to(dev), self.temperature)
+        logp[mask] = torch.from_numpy(np.concatenate([r[0] for r in rows]).astype(np.float32))
+        index[mask] = torch.from_numpy(np.concatenate([r[1] for r in rows]).astype(np.int64))
+        tail[mask] = torch.from_numpy(np.concatenate([r[2] for r in rows]).astype(np.float32))
+        logp, index, tail, mask = (x.to(device, non_blocking=True) for x in (logp, index, tail, mask))
+        sparse = SparseTeacher(logp, index, tail, self.temperature)
         return Outputs(sparse.logp, mask, sparse=sparse)
 
 

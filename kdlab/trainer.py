@@ -34,6 +34,7 @@ from kdlab.nonfinite import NonFiniteGuard
 from kdlab.objective import Objective
 from kdlab.on_policy import OnPolicy
 from kdlab.precision import autocast
+from kdlab.teacher_outputs import teacher_for
 from kdlab.tracking import DeviceMeans, Tracker
 
 log = logging.getLogger(__name__)
@@ -246,10 +247,11 @@ def train(
         sampler.skip_batches = epoch_batches
         for batch in loader:
             objective.set_progress(result.steps / steps, sampler.epoch, epochs)
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            host_batch, batch = batch, {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             if on_policy is not None:  # micro-batch number: the same rows drawn after a resume
                 batch = on_policy(model, batch, result.steps * settings.grad_accum + micro)
-            teacher = teacher_outputs(batch) if objective.needs_teacher else None
+                host_batch = None  # the drawn rows exist on the device only
+            teacher = teacher_for(teacher_outputs, batch, host_batch, device) if objective.needs_teacher else None
             with autocast(device, precision):
                 out = family.forward(train_model, batch)
             loss, parts = objective(out, family.supervised_loss(out, batch), teacher, labels=batch["labels"],

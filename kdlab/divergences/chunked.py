@@ -148,14 +148,14 @@ def _fused_or_not(s: Tensor, t: Tensor, keep: Optional[Tensor], fn: BlockFn) -> 
 
 
 class _Recomputed(torch.autograd.Function):
-    """Values of a member without a hand-written gradient: the forward keeps no
+    """Values of a ``BlockFn`` without a hand-written gradient: the forward keeps no
     intermediate, the backward recomputes each block with autograd."""
 
     @staticmethod
-    def forward(ctx, s: Tensor, t: Tensor, keep: Optional[Tensor], div: LogitDivergence) -> Tensor:  # type: ignore[override]
-        ctx.div, ctx.has_keep = div, keep is not None
+    def forward(ctx, s: Tensor, t: Tensor, keep: Optional[Tensor], fn: BlockFn) -> Tensor:  # type: ignore[override]
+        ctx.fn, ctx.has_keep = fn, keep is not None
         ctx.save_for_backward(s, t, keep if keep is not None else s.new_empty(0))
-        return _values_without_grad(div, s, t, keep)
+        return _values_without_grad(fn, s, t, keep)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -166,16 +166,25 @@ class _Recomputed(torch.autograd.Function):
         for i in range(0, s.shape[0], rows):
             with torch.enable_grad():
                 block = s[i : i + rows].detach().requires_grad_(True)
-                values = block_values(ctx.div, block, t[i : i + rows], False)[0]
+                values = ctx.fn(block, t[i : i + rows], False)[0]
                 values = values * _masked(grad_values[i : i + rows], keep[i : i + rows] if ctx.has_keep else None)
                 (g,) = torch.autograd.grad(values.sum(), block)
             grad[i : i + rows] = _masked(g, keep[i : i + rows] if ctx.has_keep else None)
         return grad, None, None, None
 
 
-def _values_without_grad(div: LogitDivergence, s: Tensor, t: Tensor, keep: Optional[Tensor]) -> Tensor:
+def _values_without_grad(fn: BlockFn, s: Tensor, t: Tensor, keep: Optional[Tensor]) -> Tensor:
     with torch.no_grad():
-        return _blocks(s, t, keep, functools.partial(block_values, div))
+        return _blocks(s, t, keep, fn)
+
+
+def recomputed_values(fn: BlockFn, s: Tensor, t: Tensor, keep: Optional[Tensor] = None) -> Tensor:
+    """Per-position values ``[N]`` of ``fn`` over the row blocks of ``s [N, C]`` and
+    ``t [N, ...]``, 0 with a zero gradient where ``keep`` is False; the backward
+    recomputes each block with autograd (``fn`` may ignore ``with_grad``)."""
+    if torch.is_grad_enabled() and s.requires_grad:
+        return _Recomputed.apply(s, t, keep, fn)
+    return _values_without_grad(fn, s, t, keep)
 
 
 def position_values(div: LogitDivergence, s: Tensor, t: Tensor, keep: Optional[Tensor] = None) -> Tensor:
@@ -186,11 +195,8 @@ def position_values(div: LogitDivergence, s: Tensor, t: Tensor, keep: Optional[T
     The single entry point of the divergence computation: another representation of the
     teacher (e.g. a sparse top-k) belongs next to this function, not inside a member.
     """
-    if div.fused:
-        return _fused_or_not(s, t, keep, functools.partial(block_values, div))
-    if torch.is_grad_enabled() and s.requires_grad:
-        return _Recomputed.apply(s, t, keep, div)
-    return _values_without_grad(div, s, t, keep)
+    fn = functools.partial(block_values, div)
+    return _fused_or_not(s, t, keep, fn) if div.fused else recomputed_values(fn, s, t, keep)
 
 
 def _cross_entropy_block(z: Tensor, targets: Tensor, with_grad: bool) -> Tuple[Tensor, Optional[Tensor]]:

@@ -34,8 +34,16 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from kdlab.divergences.base import (LOG_CAP, LOG_CAP_FP16, LogitDivergence, check_range, compute_dtype,
-                                    no_autocast, reduce)
+from kdlab.divergences.base import (
+    LOG_CAP,
+    LOG_CAP_FP16,
+    LogitDivergence,
+    check_range,
+    compute_dtype,
+    no_autocast,
+    reduce,
+)
+from kdlab.divergences.chunked import recomputed_values
 from kdlab.errors import ConfigError
 
 # Teacher log-probabilities are raised to at least this before the formulas: exp of it is
@@ -96,7 +104,11 @@ def sparse_divergence(div: torch.nn.Module, student_logits: Tensor, teacher: Spa
     """``div`` (see ``accepts_sparse``) between the student's logits ``[..., V]`` and a
     sparse teacher ``[..., k]``, on the ``k + 1`` outcomes of the module docstring; mask,
     temperature (the student's logits divided by ``div.temperature``, which must be the
-    one the teacher was stored at), T^2 and reduction as in ``LogitDivergence.forward``."""
+    one the teacher was stored at), T^2 and reduction as in ``LogitDivergence.forward``.
+
+    Like the dense divergences it never waits for the device: every position is computed,
+    by blocks of rows (``kdlab.divergences.chunked``: no ``[N, V]`` temporary but the
+    gradient), and the masked ones are replaced by exact zeros (value and gradient)."""
     if not accepts_sparse(div):
         raise ConfigError(f"{type(div).__name__} cannot use a top-k teacher cache (it needs the teacher's "
                           "full distribution); set trainer.teacher_cache.top_k=null")
@@ -114,15 +126,21 @@ def sparse_divergence(div: torch.nn.Module, student_logits: Tensor, teacher: Spa
     n_rows = student_logits.shape[0] if student_logits.dim() > 1 else 1
     with_tail = k < V
     s = student_logits.reshape(-1, V)
+    keep = None if mask is None else mask.reshape(-1)
     with no_autocast(s):
-        s = compute_dtype(s)
-        log_p, index = teacher_outcomes(teacher, with_tail, s.dtype)
-        if mask is not None:
-            keep = mask.reshape(-1)
-            s, log_p, index = s[keep], log_p[keep], index[keep]
+        log_p, index = teacher_outcomes(teacher, with_tail, torch.promote_types(s.dtype, torch.float32))
+        if keep is not None:  # a masked position's indices may hold anything
+            index = torch.where(keep[:, None], index, 0)
         div.log_cap = LOG_CAP_FP16 if student_logits.dtype == torch.float16 else LOG_CAP
-        log_q = collapse(torch.log_softmax(s / T if T != 1.0 else s, dim=-1), index, with_tail)
-        out = reduce(div.pointwise(log_q, log_p), n_rows, div.reduction)
+
+        def block(s_rows: Tensor, rows: Tensor, with_grad: bool) -> tuple[Tensor, None]:
+            # rows [n]: the block's row numbers, to pick its teacher outcomes
+            z = compute_dtype(s_rows)
+            log_q = collapse(torch.log_softmax(z / T if T != 1.0 else z, dim=-1), index[rows], with_tail)
+            return div.pointwise(log_q, log_p[rows]), None
+
+        rows = torch.arange(s.shape[0], device=s.device)
+        out = reduce(recomputed_values(block, s, rows, keep), n_rows, div.reduction, keep)
         if div.t2:
             out = out * T**2
     return out

@@ -92,3 +92,27 @@ def test_terms_that_need_the_full_distribution_or_another_temperature_are_refuse
         sparse_divergence(divergences.get("mse"), s, sparse_of(t, 5), mask=mask)
     with pytest.raises(ConfigError, match="temperature"):
         sparse_divergence(divergences.get("kl", temperature=2.0), s, sparse_of(t, 5, 1.0), mask=mask)
+
+
+@pytest.mark.parametrize("name", ["kl", "rkl", "js", "akl"])
+@pytest.mark.parametrize("k", [5, V])
+def test_masked_positions_give_the_kept_rows_value_and_gradient_whatever_they_hold(name, k):
+    """Masked positions are computed and zeroed on the device, not selected: the value and
+    gradient are those of the kept rows alone (float64), even where the masked positions
+    hold NaN logits, NaN log-probabilities and out-of-range indices."""
+    s, t, mask = inputs(2)
+    div = divergences.get(name, temperature=2.0, t2=True)
+    teacher = sparse_of(t, k, 2.0)
+    s_garbage = torch.where(mask[..., None], s, torch.nan)
+    garbage = SparseTeacher(teacher.logp.masked_fill(~mask[..., None], torch.nan),
+                            teacher.index.masked_fill(~mask[..., None], 10 * V),
+                            teacher.tail.masked_fill(~mask, torch.nan), 2.0)
+    masked = sparse_divergence(div, s_garbage, garbage, mask=mask)
+    (g_masked,) = torch.autograd.grad(masked, s)
+    rows = s[mask].detach().requires_grad_(True)
+    kept = SparseTeacher(teacher.logp[mask], teacher.index[mask], teacher.tail[mask], 2.0)
+    alone = sparse_divergence(div, rows, kept)
+    (g_rows,) = torch.autograd.grad(alone, rows)
+    torch.testing.assert_close(masked, alone, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(g_masked[mask], g_rows, rtol=1e-12, atol=1e-14)
+    assert torch.equal(g_masked[~mask], torch.zeros_like(g_masked[~mask]))
