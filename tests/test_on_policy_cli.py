@@ -90,3 +90,20 @@ def test_adaptive_schedule_logs_the_dev_loss_after_each_evaluation(tmp_path, dat
     evals = [json.loads(line) for line in out.read_text().splitlines() if "student/on_policy/dev_loss" in line]
     assert len(evals) == 2 and all(r["student/on_policy/dev_loss"] > 0 for r in evals)
     assert rows and all(0.5 <= r["student/on_policy/lmbda"] <= 1.0 for r in rows)
+
+
+@pytest.mark.parametrize("preset", ["gkd_onpolicy", "distillm", "cpu/gkd_onpolicy", "cpu/distillm"])
+def test_presets_carry_the_published_settings_and_validate(preset):
+    cfg = compose_config(["output_dir=/tmp/x", f"experiment=methods/{preset}", "teacher.path=t", "student.path=s"])
+    validate(cfg)
+    op = cfg.trainer.on_policy
+    assert cfg.objective.alpha == 0.0 and cfg.objective.ce_weight == 0.0  # the distillation term alone
+    assert cfg.teacher.family == "causal" and op.top_p == 1.0
+    if preset.endswith("gkd_onpolicy"):  # TRL GKDConfig: lmbda 0.5, beta 0.5, temperature 0.9, 128 tokens
+        assert cfg.divergence.name == "js" and cfg.divergence.params.beta == 0.5
+        assert (op.schedule, op.lmbda, op.temperature) == ("fixed", 0.5, 0.9)
+        assert op.max_new_tokens == (16 if preset.startswith("cpu/") else 128)
+    else:  # DistiLLM: skew KL 0.1, init-threshold 0, +0.1 when the dev loss rose by loss-eps 0.1
+        assert cfg.divergence.name == "skew_kl" and cfg.divergence.params.skew == 0.1
+        assert (op.schedule, op.lmbda, op.lmbda_step, op.loss_eps, op.temperature) == ("adaptive", 0.0, 0.1, 0.1, 1.0)
+        assert cfg.trainer.eval_strategy != "end"
