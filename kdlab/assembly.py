@@ -155,6 +155,7 @@ class Experiment:
         tokenizer (the datasets a student with a tokenizer of its own reads)."""
         student = STUDENTS.get(self.cfg.student.name)(self.cfg.student, teacher, self.task.num_labels, self.family)
         check_pair(teacher, student, self.task.num_labels, self.family.name, self.needs_shared)
+        on_policy.check_tokenizers(self.cfg, teacher.tokenizer, student.tokenizer)
         self.objective.bind(teacher.model, student.model, self.family.stacks)
         return student.tokenizer
 

@@ -107,3 +107,21 @@ def test_presets_carry_the_published_settings_and_validate(preset):
         assert cfg.divergence.name == "skew_kl" and cfg.divergence.params.skew == 0.1
         assert (op.schedule, op.lmbda, op.lmbda_step, op.loss_eps, op.temperature) == ("adaptive", 0.0, 0.1, 0.1, 1.0)
         assert cfg.trainer.eval_strategy != "end"
+
+
+def test_a_student_with_another_tokenizer_is_refused_once_both_are_loaded():
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from kdlab.models.byte_tokenizer import byte_tokenizer
+    from kdlab.on_policy import check_tokenizers
+
+    student = byte_tokenizer()
+    teacher = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"[UNK]": 0, "yes": 1}, "[UNK]")),
+                                      unk_token="[UNK]")
+    on = compose_config([*CAUSAL, "trainer.on_policy.lmbda=0.5"])
+    with pytest.raises(ConfigError, match=r"student's tokenizer \(260 tokens\) is not the teacher's \(2\)") as e:
+        check_tokenizers(on, teacher, student)
+    assert "set trainer.on_policy.lmbda=0" in str(e.value)
+    check_tokenizers(on, student, byte_tokenizer())  # the same vocabulary
+    check_tokenizers(compose_config(CAUSAL), teacher, student)  # off-policy: ULD may pair tokenizers

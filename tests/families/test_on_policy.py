@@ -191,3 +191,56 @@ def test_adaptive_schedule_raises_lmbda_when_the_dev_loss_goes_up(pair: Pair):
     resumed.start(pair.student.model)  # a resumed run keeps its reference
     assert resumed.reference == 1.35 and resumed.lmbda == pytest.approx(0.2)
     assert resumed.after_evaluation(pair.student.model)["on_policy/lmbda"] == pytest.approx(0.3)  # 2.0
+
+
+def test_an_interrupted_run_resumes_into_the_same_weights_and_schedule(pair: Pair, tmp_path):
+    """6 steps under the adaptive schedule, killed after the step-4 checkpoint and resumed ==
+    6 steps straight: drawn rows, samples, lmbda, reference loss and weights."""
+    import copy
+
+    from kdlab.config import LoggerConfig
+    from kdlab.on_policy import dev_loss
+    from kdlab.teacher_outputs import LiveTeacher
+    from kdlab.tracking import Tracker
+    from kdlab.trainer import LoopSettings, train
+
+    p, cpu = pair, torch.device("cpu")
+    init = copy.deepcopy(p.student.model.state_dict())
+    objective = Objective(0.0, [Term("js", 1.0, divergences.get("js", beta=0.5))])
+    # loss_eps < 0 (below what the config accepts): lmbda rises at every evaluation whatever the loss
+    cfg = OnPolicyConfig(lmbda=0.25, schedule="adaptive", lmbda_step=0.125, loss_eps=-10.0)
+
+    def fit(checkpoint_dir=None, resume=False, stop_at=None):
+        model = copy.deepcopy(p.student.model)
+        model.load_state_dict(init)
+        op = OnPolicy(cfg, p.family, sampling(p), 0, lambda m: dev_loss(p.family, m, p.dataset, 3, cpu, "fp32"))
+        calls = []
+
+        def evaluate(m):
+            calls.append(1)
+            if len(calls) == stop_at:
+                raise KeyboardInterrupt  # a kill after the step-4 checkpoint
+            return {}
+
+        tracker = Tracker(LoggerConfig(backend="none", mode="disabled"), tmp_path / f"run{len(list(tmp_path.iterdir()))}", {})
+        try:
+            train(model, p.dataset, p.family, objective,
+                  LoopSettings(max_steps=6, batch_size=2, lr=1e-3, log_every=1, progress=False, save_every=2,
+                               eval_strategy="steps", eval_every=1),
+                  tracker, "student", cpu, teacher_outputs=LiveTeacher(p.teacher.model, p.family, cpu, "fp32"),
+                  evaluate=evaluate, checkpoint_dir=checkpoint_dir, resume=resume, on_policy=op)
+        finally:
+            tracker.finish()
+        return model, op
+
+    torch.manual_seed(0)
+    straight, op_straight = fit(tmp_path / "a")
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tmp_path / "b", stop_at=5)
+    torch.manual_seed(1)  # everything must come from the checkpoint
+    resumed, op_resumed = fit(tmp_path / "b", resume=True)
+    assert op_resumed.state_dict() == op_straight.state_dict()
+    assert op_straight.lmbda == 1.0  # 0.25 + 6 * 0.125, capped: its restore is tested
+    for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
