@@ -131,6 +131,7 @@ class OnPolicy:
         self.lmbda = float(cfg.lmbda)
         self.reference: Optional[float] = None  # adaptive: the dev loss lmbda last rose at (or the first one)
         self.rows, self.generated = 0, 0  # this logging window
+        self.total_rows, self.total_generated = 0, 0  # the whole run (results.json)
 
     @property
     def adaptive(self) -> bool:
@@ -148,6 +149,8 @@ class OnPolicy:
         rows = select_rows(n, self.lmbda, self.seed, counter)  # [B] bool, on the host
         self.rows += n
         self.generated += int(rows.sum())
+        self.total_rows += n
+        self.total_generated += int(rows.sum())
         if not rows.any():
             return batch
         device = batch["labels"].device
@@ -173,11 +176,19 @@ class OnPolicy:
         self.rows, self.generated = 0, 0
         return out
 
+    def summary(self) -> Dict[str, Any]:
+        """``results.json``'s ``on_policy``: the schedule, its last lmbda and the share of the
+        run's answers that were generated."""
+        return {"schedule": str(self.cfg.schedule), "lmbda": self.lmbda,
+                "generated": self.total_generated / max(self.total_rows, 1)}
+
     def state_dict(self) -> Dict[str, Any]:
-        return {"lmbda": self.lmbda, "reference": self.reference}
+        return {"lmbda": self.lmbda, "reference": self.reference, "total_rows": self.total_rows,
+                "total_generated": self.total_generated}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.lmbda, self.reference = float(state["lmbda"]), state["reference"]
+        self.total_rows, self.total_generated = int(state["total_rows"]), int(state["total_generated"])
 
 
 def build(cfg: Any, family: Family, tokenizer: Any, dev_set: Any, device: torch.device) -> Optional[OnPolicy]:

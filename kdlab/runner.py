@@ -131,6 +131,8 @@ def distillation_phase(setup: Setup, results: Dict[str, Any], students: Dict[str
         results[online.PEER] = {"name": cfg.teacher.name, "method": cfg.online.method,
                                 "params": count_params(peer.model), **peer_dev}
         students[online.PEER] = peer
+    if result.on_policy is not None:  # trainer.on_policy: the schedule's last lmbda, the share generated
+        results["on_policy"] = result.on_policy
     if setup.transfer_examples:
         results["transfer"] = {"name": cfg.transfer.name, "examples": len(setup.transfer_examples)}
     students["student"] = student

@@ -50,6 +50,7 @@ class LoopResult:
     evaluations: List[Dict[str, Any]] = field(default_factory=list)  # {"step", "metrics"}
     best_step: Optional[int] = None
     skipped_steps: int = 0
+    on_policy: Optional[Dict[str, Any]] = None  # OnPolicy.summary() of an on-policy loop
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -316,6 +317,8 @@ def train(
     check_finite()
     if evaluate is not None and not (result.evaluations and result.evaluations[-1]["step"] == result.steps):
         run_evaluation()  # the last checkpoint is always evaluated
+    if on_policy is not None:
+        result.on_policy = on_policy.summary()
     if settings.save_every > 0:
         save_checkpoint()
     if settings.select == "best" and best_state is not None:

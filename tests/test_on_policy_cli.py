@@ -63,7 +63,9 @@ def run_on_policy(preset: str, tmp_path, data_dir, *extra: str) -> list:
     out = run_cli([f"experiment={preset}", f"hydra.run.dir={tmp_path / 'run'}", f"cache_dir={tmp_path / 'cache'}",
                    *SHORT, *extra], env_extra={"KDLAB_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
-    assert json.loads((tmp_path / "run" / "results.json").read_text())["steps"] == 2
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["steps"] == 2
+    assert res["on_policy"]["generated"] == 0.5  # 4 of 8 rows, each step
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     return [r for r in rows if "student/on_policy/generated" in r]
 
