@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 from omegaconf import OmegaConf
@@ -24,6 +24,7 @@ from kdlab import (
     cache_keys,
     checkpoint,
     distributed,
+    ensemble,
     on_policy,
     online,
     teacher_cache,
@@ -34,6 +35,7 @@ from kdlab.batching import PairedDataset, WithTransfer, loader
 from kdlab.config import Config, LoopConfig
 from kdlab.data import get_task, load_split
 from kdlab.data import transfer as transfer_data
+from kdlab.errors import ConfigError
 from kdlab.evaluate import split_metrics
 from kdlab.families import get_family
 from kdlab.metadata import run_metadata
@@ -68,7 +70,7 @@ class Experiment:
         self.device = device
         self.tracker = tracker
         self.precision = cfg.hardware.precision
-        self.objective = build_objective(cfg) if objective is None else objective
+        self.objective = ensemble.build_objective(cfg, build_objective(cfg)) if objective is None else objective
         # the distillation terms that need teacher and student to share a tokenizer
         self.needs_shared = self.objective.shared_tokenizer_terms(self.family.name)
         # the family as distillation runs it: forwards also return what the feature terms
@@ -86,9 +88,15 @@ class Experiment:
         function of the teacher's tokenizer giving the transfer examples."""
         if not transfer_data.enabled(self.cfg):
             return lambda tokenizer: []
-        ft = self.cfg.teacher.finetune
-        teacher_rows = [] if ft.max_train_samples is None else self.examples("train", ft.max_train_samples, ft.seed)
+        # every teacher's fine-tuning rows stay out of the transfer rows
+        teacher_rows = [ex for tcfg in self.teacher_configs() if tcfg.finetune.max_train_samples is not None
+                        for ex in self.examples("train", tcfg.finetune.max_train_samples, tcfg.finetune.seed)]
         return transfer_data.prepare(self.cfg, labelled, teacher_rows)
+
+    def teacher_configs(self) -> List[Any]:
+        """The run's teacher nodes: ``teacher``, or every entry of ``teachers`` (the first
+        of which ``teacher`` describes)."""
+        return [m.cfg for m in ensemble.members(self.cfg)] if ensemble.enabled(self.cfg) else [self.cfg.teacher]
 
     def transfer_dataset(self, teacher: Loaded, tokenizer: Any, examples: List[Any]) -> Any:
         """The transfer examples tokenised by ``tokenizer``. The token families are
@@ -101,6 +109,11 @@ class Experiment:
             examples = [replace(ex, label=int(c)) for ex, c in zip(examples, choice, strict=True)]
         return self.encode(tokenizer, examples)
 
+    def distill_view(self, teacher: Loaded, tokenizer: Any, labelled: Any, transfer: List[Any]) -> Any:
+        """The distillation data as ``tokenizer`` encodes it: the encoded ``labelled`` rows,
+        then the ``transfer`` examples (``transfer_dataset``) when there are any."""
+        return labelled if not transfer else WithTransfer(labelled, self.transfer_dataset(teacher, tokenizer, transfer))
+
     def encode(self, tokenizer: Any, examples: List[Any]) -> Any:
         return self.family.dataset(tokenizer, examples, self.task, self.cfg.dataset,
                                    cache_dir=str(Path(self.cfg.cache_dir) / "tokenized"))
@@ -111,24 +124,38 @@ class Experiment:
                              self.device, self.precision)
 
     # -- models -------------------------------------------------------------------------
-    def load_teacher(self) -> Loaded:
-        """The teacher as its checkpoint gives it. A fresh task head is drawn under the
+    def load_teacher(self, tcfg: Any = None, name: str = "") -> Loaded:
+        """The teacher of node ``tcfg`` (default ``teacher``; ``teachers.<name>``, named in
+        refusals) as its checkpoint gives it. A fresh task head is drawn under the
         fine-tuning recipe's seed, so the fine-tuned teacher is a function of its cache key
         (the model as loaded, data, recipe), whatever ran before."""
-        set_seed(self.cfg.teacher.finetune.seed)
-        return TEACHERS.get(self.cfg.teacher.name)(self.cfg.teacher, self.task.num_labels, self.cfg.cache_dir,
-                                                   self.family)
+        tcfg = self.cfg.teacher if tcfg is None else tcfg
+        set_seed(tcfg.finetune.seed)
+        try:
+            return TEACHERS.get(tcfg.name)(tcfg, self.task.num_labels, self.cfg.cache_dir, self.family)
+        except ConfigError as e:  # the builders name teacher.* keys
+            raise ConfigError(f"teachers.{name}: {e}" if name else str(e)) from None
 
-    def fine_tuned(self, loaded: Loaded) -> Loaded:
-        """The teacher with a task head: ``loaded`` when it has one (and
-        ``teacher.force_finetune`` is false), else fine-tuned once and cached on disk."""
-        tcfg = self.cfg.teacher
+    def finetune_examples(self, tcfg: Any) -> List[Any]:
+        ft = tcfg.finetune
+        return self.examples("train", ft.max_train_samples, ft.seed)
+
+    def teacher_key(self, loaded: Loaded, tcfg: Any, examples: List[Any]) -> str:
+        """The cache key of ``loaded`` fine-tuned by ``tcfg.finetune`` on ``examples``: what
+        determines the weights (model as loaded, tokenizer, data, recipe), never the
+        teacher's name in ``teachers`` or its weight there."""
+        return cache_keys.teacher(loaded.model, loaded.tokenizer, self.task.name, examples, tcfg.finetune,
+                                  self.cfg.dataset, self.precision, distributed.world_size())
+
+    def fine_tuned(self, loaded: Loaded, tcfg: Any = None) -> Loaded:
+        """The teacher with a task head: ``loaded`` when it has one (and ``force_finetune``
+        of ``tcfg``, default ``teacher``, is false), else fine-tuned once and cached on disk."""
+        tcfg = self.cfg.teacher if tcfg is None else tcfg
         if loaded.has_task_head and not tcfg.force_finetune:
             return loaded
         ft = tcfg.finetune
-        examples = self.examples("train", ft.max_train_samples, ft.seed)
-        key = cache_keys.teacher(loaded.model, loaded.tokenizer, self.task.name, examples, ft, self.cfg.dataset,
-                                 self.precision, distributed.world_size())
+        examples = self.finetune_examples(tcfg)
+        key = self.teacher_key(loaded, tcfg, examples)
         cached = teacher_cache.load(self.cfg.cache_dir, key, self.task.num_labels, self.family)
         if cached is not None:
             log.info("using cached fine-tuned teacher %s", cached.source)
@@ -148,13 +175,19 @@ class Experiment:
         distributed.barrier()  # other ranks hold the same (synchronised) weights in memory
         return loaded
 
-    def check_objective(self, teacher: Loaded) -> Any:
+    def check_objective(self, teacher: Loaded, teachers: Optional[Mapping[str, Loaded]] = None) -> Any:
         """Before any training: build the student and bind the objective's terms to both
         models, so that a precondition of the pair (same width, layer maps, filter counts)
-        fails now rather than after the teacher's fine-tuning. Returns the student's
-        tokenizer (the datasets a student with a tokenizer of its own reads)."""
+        fails now rather than after the teacher's fine-tuning. ``teachers``: every teacher
+        of ``teachers`` by name (``teacher`` the first), each checked against the student,
+        a refusal naming it. Returns the student's tokenizer (the datasets a student with a
+        tokenizer of its own reads)."""
         student = STUDENTS.get(self.cfg.student.name)(self.cfg.student, teacher, self.task.num_labels, self.family)
-        check_pair(teacher, student, self.task.num_labels, self.family.name, self.needs_shared)
+        for name, each in (teachers or {"": teacher}).items():
+            try:
+                check_pair(each, student, self.task.num_labels, self.family.name, self.needs_shared)
+            except ConfigError as e:
+                raise ConfigError(f"teachers.{name}: {e}" if name else str(e)) from None
         on_policy.check_tokenizers(self.cfg, teacher.tokenizer, student.tokenizer)
         self.objective.bind(teacher.model, student.model, self.family.stacks)
         return student.tokenizer
@@ -269,6 +302,8 @@ class Setup:
     distill_ds: Any
     teacher_hash: str
     meta: Dict[str, Any]
+    # several teachers (``teachers``): each fine-tuned one, in order, the first ``teacher``
+    members: List[ensemble.Fitted] = field(default_factory=list)
 
 
 def assemble(exp: Experiment) -> Setup:
@@ -279,27 +314,30 @@ def assemble(exp: Experiment) -> Setup:
     eval_examples = {s: exp.examples(s, cfg.dataset.max_eval_samples, cfg.seed) for s in task.eval_splits}
     make_transfer = exp.transfer_inputs(train_examples)
     loaded = exp.load_teacher()
-    student_tokenizer = exp.check_objective(loaded)  # before any fine-tuning
+    ms = ensemble.members(cfg) if ensemble.enabled(cfg) else []
+    others = {m.name: exp.load_teacher(m.cfg, m.name) for m in ms[1:]}
+    # before any fine-tuning; the first of several teachers is ``teacher``
+    student_tokenizer = exp.check_objective(loaded, {ms[0].name: loaded, **others} if ms else None)
     # an online phase may start from the teacher as loaded (a fresh head left untrained)
     teacher = exp.fine_tuned(loaded) if not online.enabled(cfg) or cfg.online.teacher.finetuned else loaded
     exp.family.bind_tokenizer(teacher.model, teacher.tokenizer)
+    members = [ensemble.Fitted(ms[0], teacher)] if ms else []
+    for m in ms[1:]:
+        members.append(ensemble.Fitted(m, exp.fine_tuned(others[m.name], m.cfg)))
+        exp.family.bind_tokenizer(members[-1].teacher.model, members[-1].teacher.tokenizer)
     train_ds = exp.encode(teacher.tokenizer, train_examples)
     evals = {split: exp.encode(teacher.tokenizer, ex) for split, ex in eval_examples.items()}
     s_train, s_evals = train_ds, evals
     transfer_examples = make_transfer(teacher.tokenizer)
-    t_distill = train_ds
-    if transfer_examples:
-        t_distill = WithTransfer(train_ds, exp.transfer_dataset(teacher, teacher.tokenizer, transfer_examples))
+    t_distill = exp.distill_view(teacher, teacher.tokenizer, train_ds, transfer_examples)
     distill_ds = t_distill
     if not same_tokenizer(teacher.tokenizer, student_tokenizer):
         s_train = exp.encode(student_tokenizer, train_examples)
         s_evals = {split: exp.encode(student_tokenizer, ex) for split, ex in eval_examples.items()}
-        s_distill = s_train if not transfer_examples else WithTransfer(
-            s_train, exp.transfer_dataset(teacher, student_tokenizer, transfer_examples))
-        distill_ds = PairedDataset(s_distill, t_distill)
+        distill_ds = PairedDataset(exp.distill_view(teacher, student_tokenizer, s_train, transfer_examples), t_distill)
     teacher_hash = cache_keys.weights_digest(teacher.model)
     meta = {**run_metadata(train_examples, teacher_hash), "world_size": distributed.world_size()}
     if transfer_examples:
         meta["transfer_data_sha256"] = cache_keys.examples_digest(transfer_examples)[:16]
     return Setup(exp, teacher, train_examples, eval_examples, transfer_examples, train_ds, evals, s_train, s_evals,
-                 t_distill, distill_ds, teacher_hash, meta)
+                 t_distill, distill_ds, teacher_hash, meta, members)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from kdlab.errors import ConfigError, ResourceError
+from kdlab.metadata import config_changes
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +99,8 @@ def load_latest(directory: Path, config: Optional[Dict[str, Any]] = None) -> Opt
         if meta is None or not (path / STATE).exists() or _sha256(path / STATE) != meta.get("sha256"):
             log.warning("checkpoint %s is corrupt or partial; trying the previous one", path)
             continue
-        if config is not None and meta.get("config") != config:
-            saved = meta.get("config") or {}
-            changed = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+        changed = [] if config is None else config_changes(meta.get("config") or {}, config)
+        if changed:
             raise ConfigError(
                 f"cannot resume from {path}: it was written by a different configuration "
                 f"(changed: {', '.join(changed)}). Resume with the same config, or start a new "

@@ -99,6 +99,15 @@ class OnPolicySchedule(StrEnum):
     adaptive = "adaptive"
 
 
+class Combine(StrEnum):
+    """``objective.teachers.combine``: how several teachers make one distillation signal
+    (``kdlab.ensemble``): the weighted mixture of their class distributions, or the
+    weighted sum of the objective against each teacher."""
+
+    mixture = "mixture"
+    sum = "sum"
+
+
 def values(choice: Type[StrEnum]) -> List[str]:
     return [m.value for m in choice]
 

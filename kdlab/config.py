@@ -26,6 +26,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING
 
 from kdlab.choices import (
+    Combine,
     Device,
     EvalStrategy,
     OnBadRow,
@@ -101,6 +102,15 @@ class TeacherConfig:
 
 
 @dataclass
+class TeacherEntryConfig(TeacherConfig):
+    """One teacher of several (``teachers.<name>``): a full teacher node and its weight in
+    the combination (``objective.teachers.combine``). Weights are >= 0, not all 0, and
+    normalised to sum to 1 (``kdlab.ensemble``)."""
+
+    weight: float = 1.0
+
+
+@dataclass
 class StudentConfig:
     # registry name: "from_teacher" (a subset of the teacher's layers), "pretrained"
     # (local dir or hub id), "shrunk" (the teacher's architecture made smaller, random init)
@@ -144,6 +154,15 @@ class KDConfig:
 
 
 @dataclass
+class TeachersObjectiveConfig:
+    """How several teachers (``teachers``) enter the objective; read only when there are."""
+
+    # mixture: the target is log(sum_i w_i softmax(z_i)), fed to every term as the teacher's
+    # logits; sum: sum_i w_i * objective(student, teacher_i) (cross-entropy counted once)
+    combine: Combine = Combine.mixture
+
+
+@dataclass
 class ObjectiveConfig:
     alpha: float = 0.0  # weight of soft-target KD; cross-entropy gets (1 - alpha)
     # weight of the cross-entropy on labels; None: 1 - alpha. 0 for terms that replace CE
@@ -151,6 +170,7 @@ class ObjectiveConfig:
     ce_weight: Optional[float] = None
     kd: KDConfig = field(default_factory=KDConfig)
     terms: Dict[str, TermConfig] = field(default_factory=dict)
+    teachers: TeachersObjectiveConfig = field(default_factory=TeachersObjectiveConfig)
 
 
 @dataclass
@@ -319,6 +339,9 @@ class Config:
     transfer: TransferConfig = MISSING
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     online: OnlineConfig = field(default_factory=OnlineConfig)
+    # Several teachers by name, in order (empty: the one ``teacher``). The first entry is
+    # the run's teacher: ``teacher`` must describe it (kdlab.ensemble, docs/methods.md).
+    teachers: Dict[str, TeacherEntryConfig] = field(default_factory=dict)
     seed: int = 0
     # Where fine-tuned teachers and the extracted MiniLM live; shared across runs.
     cache_dir: str = "${oc.env:KDLAB_CACHE_DIR,${oc.env:HOME}/.cache/kdlab}"

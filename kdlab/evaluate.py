@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -44,11 +44,18 @@ def split_metrics(family: Family, task: str, model: torch.nn.Module, evals: Dict
                   device: torch.device, precision: str) -> Dict[str, float]:
     """Official metrics of ``model`` on each encoded split of ``evals``; the first split's
     keys are unprefixed, the others' ``<split>/<metric>`` (the ``results.json`` form)."""
+    return scored(task, {split: (family.predict(model, loader(ds, batch_size), device, precision), ds.examples)
+                         for split, ds in evals.items()})
+
+
+def scored(task: str, predictions: Dict[str, Tuple[Predictions, Sequence[Any]]]) -> Dict[str, float]:
+    """Official metrics (and ECE where there are class probabilities) of each split's
+    predictions on its examples, in the ``split_metrics`` form: the first split's keys
+    unprefixed, the others' ``<split>/<metric>``."""
     out: Dict[str, float] = {}
-    for i, (split, ds) in enumerate(evals.items()):
-        pred = family.predict(model, loader(ds, batch_size), device, precision)
-        metrics = score(task, pred.values, ds.examples)  # groups, ReCoRD answers: every family
-        correct = correctness(task, pred, ds.examples)
+    for i, (split, (pred, examples)) in enumerate(predictions.items()):
+        metrics = score(task, pred.values, examples)  # groups, ReCoRD answers: every family
+        correct = correctness(task, pred, examples)
         if correct is not None:
             metrics["ece"] = calibration.ece(pred.confidence, correct)
         out.update({(k if i == 0 else f"{split}/{k}"): float(v) for k, v in metrics.items()})

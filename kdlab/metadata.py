@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import json
 import subprocess
@@ -60,6 +61,26 @@ def flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     return out
 
 
+@functools.cache
+def _schema_defaults() -> Dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    from kdlab.config import Config
+
+    return flatten(OmegaConf.to_container(OmegaConf.structured(Config), resolve=False))
+
+
+def config_changes(saved: Dict[str, Any], now: Dict[str, Any]) -> List[str]:
+    """The flattened keys whose values differ between a ``saved`` config and the one of
+    ``now``. A key absent from ``saved`` that holds its schema default ``now`` is no change:
+    it was added to kdlab since, and its default computes what the saved run computed
+    (``teachers``, ``objective.teachers.combine``), so a sweep or a checkpoint written
+    before it stays resumable."""
+    defaults = _schema_defaults()
+    return sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k)
+                  and not (k not in saved and k in defaults and defaults[k] == now[k]))
+
+
 def config_for_resume(resolved: Dict[str, Any]) -> Dict[str, Any]:
     """The flattened config a checkpoint must match to be resumed, without free keys."""
     return _free(flatten(resolved), RESUME_FREE)
@@ -78,7 +99,7 @@ def finished_results(out_dir: Path, resolved: Dict[str, Any]) -> Optional[Dict[s
         return None
     done: Dict[str, Any] = json.loads(path.read_text())
     mine, theirs = _free(flatten(resolved), DONE_FREE), _free(flatten(done.get("config") or {}), DONE_FREE)
-    differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+    differ = config_changes(theirs, mine)
     if differ:
         shown = ", ".join(f"{k}={theirs.get(k)!r} there, {mine.get(k)!r} now" for k in differ[:3])
         raise ConfigError(f"trainer.skip_if_done: {path} holds the results of another config ({shown}"

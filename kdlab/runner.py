@@ -22,7 +22,7 @@ import torch
 import transformers
 from omegaconf import OmegaConf
 
-from kdlab import checkpoint, distributed, online, products, token_cache
+from kdlab import checkpoint, distributed, ensemble, ensemble_phases, online, products, token_cache
 from kdlab.assembly import Experiment, Setup, assemble
 from kdlab.config import Config
 from kdlab.data import transfer as transfer_data
@@ -44,7 +44,7 @@ def run(cfg: Config) -> Dict[str, Any]:
     if cfg.trainer.skip_if_done and (done := finished_results(Path(cfg.output_dir), resolved)) is not None:
         log.info("%s/%s exists (trainer.skip_if_done): not run again", cfg.output_dir, RESULTS_FILE)
         return done
-    objective = build_objective(cfg)  # the run's one objective: bad terms fail before loading anything
+    objective = ensemble.build_objective(cfg, build_objective(cfg))  # the run's one: bad terms fail now
     transfer_data.check(cfg, objective)
     token_cache.check(cfg, objective)
     transformers.logging.set_verbosity_error()  # load reports of fresh heads are expected here
@@ -90,6 +90,7 @@ def reference_rows(setup: Setup) -> Dict[str, Any]:
     results: Dict[str, Any] = {"task": task.name, "metric": task.metric}
     results["teacher"] = {"name": exp.cfg.teacher.name, "params": count_params(setup.teacher.model),
                           "dev": exp.evaluate(setup.teacher.model, setup.evals)}
+    results.update(ensemble_phases.dev_rows(setup, results["teacher"]["dev"]))  # several teachers: each, mixture
     if task.label_names:
         first = next(iter(setup.evals.values()))
         results["majority"] = {"dev": products.majority_metrics(task.name, np.asarray(setup.train_ds.labels),
@@ -115,9 +116,8 @@ def distillation_phase(setup: Setup, results: Dict[str, Any], students: Dict[str
         peer, outputs = replace(teacher, model=copy.deepcopy(teacher.model)), None
         student, result = exp.fit_student(teacher, setup.train_ds, setup.s_evals, online.PHASE, peer=peer, **resume)
     else:
-        # the teacher's logits on labelled then transfer rows (the order of t_distill)
-        outputs = exp.teacher_outputs(teacher, setup.teacher_hash, setup.t_distill,
-                                      setup.train_examples + setup.transfer_examples)
+        # the teacher's logits on labelled then transfer rows (t_distill's order); several teachers' combined
+        outputs = ensemble_phases.teacher_outputs(setup)
         student, result = exp.fit_student(teacher, setup.distill_ds, setup.s_evals, "student", outputs=outputs,
                                           **resume)
     if not distributed.is_main():  # rank 0 alone reports

@@ -6,7 +6,7 @@ from typing import Any, Optional, Sequence
 
 from omegaconf import OmegaConf
 
-from kdlab import on_policy, online
+from kdlab import ensemble, on_policy, online
 from kdlab.config import Config, LoopConfig
 from kdlab.config_keys import check_known_keys
 from kdlab.data import get_task
@@ -36,13 +36,16 @@ def validate(cfg: Config) -> None:
     if cfg.student.tokenizer != "teacher" and cfg.student.name != "shrunk":
         raise ConfigError(f"student.tokenizer={cfg.student.tokenizer!r} applies to student=shrunk only "
                           f"(student={cfg.student.name} comes with its own or the teacher's tokenizer)")
+    ensemble.check(cfg)  # several teachers: weights, the first one is ``teacher``, supported settings
     online.check(cfg)
     on_policy.check(cfg)
     _positive("dataset.max_length", cfg.dataset.max_length)
     _positive("trainer.eval_batch_size", cfg.trainer.eval_batch_size)
-    for node in ("trainer", "teacher.finetune"):
+    finetunes = ["teacher.finetune", *(f"teachers.{name}.finetune" for name in cfg.teachers)]
+    for node in ("trainer", *finetunes):
         check_loop(node, OmegaConf.select(cfg, node))
-    _not_evaluated("teacher.finetune", cfg.teacher.finetune)
+    for node in finetunes:
+        _not_evaluated(node, OmegaConf.select(cfg, node))
 
 
 def check_loop(node: str, loop: Any) -> None:

@@ -54,3 +54,16 @@ def test_off_by_default_and_a_job_without_results_runs(tmp_path, monkeypatch):
     _write(tmp_path, _cfg(tmp_path))
     with pytest.raises(Ran):  # skip_if_done=false: a finished job runs again, as before
         runner.run(_cfg(tmp_path, "trainer.skip_if_done=false"))
+
+
+def test_results_written_before_a_key_was_added_are_this_configs_at_its_default(tmp_path, monkeypatch):
+    """A finished job of a kdlab without ``objective.teachers`` (added since, at a default
+    that computes the same) is still found done; the key set otherwise is another config."""
+    cfg = _cfg(tmp_path)
+    old = OmegaConf.to_container(cfg, resolve=True)
+    del old["objective"]["teachers"]
+    (tmp_path / RESULTS_FILE).write_text(json.dumps({"marker": 7, "config": old}))
+    monkeypatch.setattr(runner, "Experiment", lambda *a, **k: pytest.fail("a finished job was run again"))
+    assert runner.run(cfg)["marker"] == 7
+    with pytest.raises(ConfigError, match=r"objective.teachers.combine=None there, .*'sum'.* now"):
+        runner.run(_cfg(tmp_path, "objective.teachers.combine=sum"))
