@@ -16,7 +16,7 @@ gives the envelope gradient ``df_i / dx_i = sum_j pi_ij dC(x_i, y_j) / dx_i`` wi
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Iterator, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -85,13 +85,16 @@ class OnlineSoftmin(torch.autograd.Function):
 class OnlinePair:
     """Sinkhorn between uniform clouds ``u [N, D]`` and ``v [M, D]`` (``v`` constant)."""
 
-    def __init__(self, u: Tensor, v: Tensor, eps: float, cost: str) -> None:
+    def __init__(self, u: Tensor, v: Tensor, eps: float, cost: str, bound: Optional[float] = None) -> None:
+        """``bound``: an upper bound on every cost if known; else one is read off the points."""
         self.u, self.v, self.eps, self.cost = u, v.detach(), eps, cost
         self.log_a, self.log_b = -math.log(u.shape[0]), -math.log(v.shape[0])
-        with torch.no_grad():
-            self.plain = cost_bound(u, self.v, cost) / eps <= PLAIN_KERNEL_MAX
+        if bound is None:
+            with torch.no_grad():
+                bound = cost_bound(u, self.v, cost)
+        self.plain = bound / eps <= PLAIN_KERNEL_MAX
 
-    def solve(self, max_iter: int, tol: float, symmetric: bool) -> Tuple[Tensor, Tensor, int, float]:
+    def solve(self, max_iter: int, tol: float, symmetric: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """Potentials ``(f [N], g [M], iterations, last change)``, without autograd."""
         eps, u, v, cost, plain = self.eps, self.u.detach(), self.v, self.cost, self.plain
         with torch.no_grad():
@@ -104,10 +107,11 @@ class OnlinePair:
         return OnlineSoftmin.apply(self.u, self.v, h.detach(), self.eps, self.cost, self.plain)
 
     def stats(self, f: Tensor, g: Tensor) -> Dict[str, Any]:
-        """``<P, C>`` and the row-marginal error of ``P = exp((f + g - C) / eps) a b^T``, blockwise."""
-        transport, marginal = 0.0, 0.0
+        """``<P, C>`` and the row-marginal error of ``P = exp((f + g - C) / eps) a b^T``,
+        blockwise (0-dim tensors, on the device)."""
+        transport, marginal = f.new_zeros(()), f.new_zeros(())
         for rows, C in _blocks(self.u.detach(), self.v, self.cost):
             P = torch.exp((f[rows, None] + g[None, :] - C) / self.eps + self.log_a + self.log_b)
-            transport += float((P * C).sum())
-            marginal += float((P.sum(1) - math.exp(self.log_a)).abs().sum())
+            transport = transport + (P * C).sum()
+            marginal = marginal + (P.sum(1) - math.exp(self.log_a)).abs().sum()
         return {"transport_cost": transport, "marginal_error": marginal}

@@ -188,22 +188,25 @@ class Sinkhorn(torch.nn.Module):
         with no_autocast(s):
             x = torch.softmax(compute_dtype(s) / T, dim=-1)  # [N, C] student points
             y = torch.softmax(compute_dtype(t) / T, dim=-1)  # [N, C] teacher points
-            out = self.transport(x, y)
+            out = self.transport(x, y, on_simplex=True)
             if self.t2:
                 out = out * T**2
         return out
 
-    def transport(self, x: Tensor, y: Tensor) -> Tensor:
+    def transport(self, x: Tensor, y: Tensor, on_simplex: bool = False) -> Tensor:
         """The scaled value between point clouds ``x [N, D]`` (student) and ``y [M, D]``.
 
         Coordinates are used as given (no softmax, no temperature); ``y`` is detached.
+        ``on_simplex``: the points are probability vectors, so the sound mode knows a bound
+        on their costs without reading them (``kdlab.divergences.ot.SIMPLEX_COST_BOUND``).
         """
         y = y.detach()
         if self.mode == "faithful":
             return self._faithful(x, y)
-        from kdlab.divergences.ot import sound_sinkhorn
+        from kdlab.divergences.ot import SIMPLEX_COST_BOUND, sound_sinkhorn
 
-        out, self.last_stats = sound_sinkhorn(x, y, self.epsilon, self.sound)
+        bound = SIMPLEX_COST_BOUND[self.sound.cost] if on_simplex else None
+        out, self.last_stats = sound_sinkhorn(x, y, self.epsilon, self.sound, bound)
         return self.scale * out
 
     def _check_faithful_memory(self, x: Tensor, y: Tensor) -> None:
@@ -224,11 +227,11 @@ class Sinkhorn(torch.nn.Module):
         if self.reduction == "mean":
             total = total / x.shape[0]
         with torch.no_grad():
-            self.last_stats = {
+            self.last_stats = {  # on the device, read when logged
                 "points": x.shape[0],
                 "iterations": self.n_iters,
-                "transport_cost": float(total.detach()),
-                "row_marginal_error": float((P.sum(1) - 1).abs().max()),
+                "transport_cost": total.detach(),
+                "row_marginal_error": (P.sum(1) - 1).abs().max(),
             }
         return self.scale * total
 

@@ -4,40 +4,20 @@ class-level ``kd`` call or a token-level distillation step, forward and backward
 from __future__ import annotations
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from kdlab.divergences import get
 from kdlab.families import get_family
 from kdlab.families.base import Outputs
 from kdlab.objective import Objective, Term
-
-aten = torch.ops.aten
-# ``.item()``, ``bool(t)``, ``float(t)`` all read a scalar with _local_scalar_dense; boolean
-# indexing and ``nonzero`` must learn an output size that only the device knows.
-SYNCING = {aten._local_scalar_dense.default, aten.nonzero.default, aten.masked_select.default}
-
-
-class CountSyncs(TorchDispatchMode):
-    """Counts the operators that make the host wait for the device (on any device: the
-    count on the CPU is the count a CUDA run would synchronise on)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        bool_index = func is aten.index.Tensor and any(
-            i is not None and i.dtype == torch.bool for i in args[1])
-        if func in SYNCING or bool_index:
-            self.seen.append(func)
-        return func(*args, **kwargs)
+from tests.synctools import SyncWatch
 
 
 def count(step) -> list:
-    with CountSyncs() as counter:
+    """Every synchronising call during ``step()`` (whoever makes it: here the callers are
+    tests or kdlab), see ``tests.synctools``."""
+    with SyncWatch() as watch:
         step()
-    return counter.seen
+    return [s.what for s in watch.seen]
 
 
 def test_the_count_sees_item_and_boolean_indexing() -> None:
