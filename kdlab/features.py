@@ -34,11 +34,18 @@ FEATURE_TERMS: Registry = Registry("feature term")
 LOSSES = ("mse", "cosine")
 
 
-def distance(s: torch.Tensor, t: torch.Tensor, loss: str) -> torch.Tensor:
-    """``s, t [N, ..., D]`` -> scalar: MSE over everything, or mean (1 - cosine) over rows of D."""
-    if loss == "mse":
-        return F.mse_loss(s, t)
-    return (1.0 - F.cosine_similarity(s, t, dim=-1, eps=1e-8)).mean()
+def distance(s: torch.Tensor, t: torch.Tensor, loss: str, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``s, t [B, L, ..., D]`` -> scalar: MSE over every element, or mean (1 - cosine) over
+    rows of D, of the positions ``mask [B, L]`` (bool) keeps (all without one).
+
+    The other positions (padding) are replaced by exact zeros, value and gradient, on the
+    device: selecting the kept ones (``s[mask]``) would wait for the device."""
+    per = (s - t) ** 2 if loss == "mse" else 1.0 - F.cosine_similarity(s, t, dim=-1, eps=1e-8)
+    if mask is None:
+        return per.mean()
+    keep = mask.reshape(mask.shape + (1,) * (per.dim() - mask.dim()))
+    count = mask.sum().clamp_min(1) * (per.numel() // max(mask.numel(), 1))
+    return torch.where(keep, per, 0.0).sum() / count.to(per.dtype)
 
 
 def layer_count(config: Any, stack: str) -> int:
@@ -104,8 +111,8 @@ class HiddenStateMatch(LayerMatch):
         (h_s, mask), (h_t, _) = self.select(student), self.select(teacher)
         values = []
         for (lt, ls), proj in zip(self.pairs, self.proj, strict=True):
-            s = proj(h_s[ls][mask].float())  # [N, H_t]
-            values.append(distance(s, h_t[lt][mask].float().detach(), self.loss))
+            s = proj(h_s[ls].float())  # [B, L, H_t]
+            values.append(distance(s, h_t[lt].float().detach(), self.loss, mask))
         return torch.stack(values).mean()
 
 
@@ -121,9 +128,9 @@ class AttentionMatch(LayerMatch):
         (a_s, mask), (a_t, _) = self.select(student), self.select(teacher)
         values = []
         for lt, ls in self.pairs:
-            s = a_s[ls].transpose(1, 2)[mask].float()  # [B, heads, L, L] -> [N, heads, L]
-            t = a_t[lt].transpose(1, 2)[mask].float().detach()
+            s = a_s[ls].transpose(1, 2).float()  # [B, heads, L, L] -> [B, L, heads, L]
+            t = a_t[lt].transpose(1, 2).float().detach()
             if self.average_heads:
-                s, t = s.mean(1), t.mean(1)
-            values.append(distance(s, t, self.loss))
+                s, t = s.mean(2), t.mean(2)
+            values.append(distance(s, t, self.loss, mask))
         return torch.stack(values).mean()

@@ -62,7 +62,7 @@ class DistilBertCosine(HiddenStatePairs):
     def forward(self, student: Outputs, teacher: Outputs) -> torch.Tensor:
         h_s, h_t, mask = self.hidden_pair(student, teacher)
         (lt, ls), = self.pairs
-        return distance(self.proj(h_s[ls][mask].float()), h_t[lt][mask].float().detach(), "cosine")
+        return distance(self.proj(h_s[ls].float()), h_t[lt].float().detach(), "cosine", mask)
 
 
 PKD_SCHEMES = ("skip", "last")

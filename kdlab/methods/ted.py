@@ -41,7 +41,7 @@ from kdlab.config import LoopConfig
 from kdlab.errors import ConfigError
 from kdlab.families.base import Batch, Family, Outputs, WrappedFamily
 from kdlab.families.encoder import INPUTS
-from kdlab.features import FEATURE_TERMS, layer_count
+from kdlab.features import FEATURE_TERMS, distance, layer_count
 from kdlab.methods.layers import HiddenStatePairs
 from kdlab.registry import check_types, type_hints
 
@@ -208,7 +208,7 @@ class TaskAwareFilters(HiddenStatePairs):
             f_t = self.teacher_bank.states([h.float() for h in h_t])
         f_s = self.student_bank.states([h.float() for h in h_s])
         if self.mask_padding:
-            return torch.stack([F.mse_loss(s[mask], t[mask]) for s, t in zip(f_s, f_t, strict=True)]).mean()
+            return torch.stack([distance(s, t, "mse", mask) for s, t in zip(f_s, f_t, strict=True)]).mean()
         return torch.stack([F.mse_loss(s, t) for s, t in zip(f_s, f_t, strict=True)]).mean()
 
 

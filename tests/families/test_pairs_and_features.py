@@ -116,3 +116,24 @@ def test_layer_out_of_range(pair: Pair):
     term = FEATURE_TERMS.build("hidden", layers=[[7, 1]])
     with pytest.raises(ConfigError, match=r"teacher layer\(s\) \[7\] out of range \[0, 2\]"):
         term.bind(pair.teacher.model, pair.student.model, pair.family.stacks)
+
+
+@pytest.mark.parametrize("loss", ["mse", "cosine"])
+@pytest.mark.parametrize("shape", [(3, 5, 8), (3, 5, 2, 5)])  # hidden states [B, L, D]; attentions [B, L, heads, L]
+def test_feature_distance_masks_padding_as_selecting_the_tokens_would(loss, shape):
+    """Padding is masked on the device, not selected (no host synchronisation): value and
+    gradient equal those of the kept tokens alone, in float64; padding gets no gradient."""
+    from kdlab.features import distance
+
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(*shape, generator=g, dtype=torch.float64)
+    mask = torch.rand(shape[:2], generator=g) > 0.4
+    masked = distance(s, t, loss, mask)
+    (g_masked,) = torch.autograd.grad(masked, s)
+    kept = s[mask].detach().requires_grad_(True)
+    alone = distance(kept, t[mask], loss)
+    (g_kept,) = torch.autograd.grad(alone, kept)
+    torch.testing.assert_close(masked, alone, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(g_masked[mask], g_kept, rtol=1e-12, atol=1e-14)
+    assert torch.equal(g_masked[~mask], torch.zeros_like(g_masked[~mask]))
