@@ -14,6 +14,7 @@ from kdlab.objective import Objective, Term, fine_tune_objective
 from kdlab.teacher_outputs import CachedTeacher, LiveTeacher
 from kdlab.tracking import Tracker
 from kdlab.trainer import train
+from tests.test_step_sync import ENCODER_TERMS
 from tests.test_trainer import FAMILY, Offset, ToyData, _interrupt, _rows, settings, tiny_model
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -60,6 +61,14 @@ def test_steps_between_logs_do_not_synchronise_on_cuda(monkeypatch, tracker, on_
     run_checked(monkeypatch, tracker, fine_tune_objective(), None, CUDA, on_nan=on_nan)
     kd = Objective(0.5, [Term("offset", 0.5, Offset())])
     run_checked(monkeypatch, tracker, kd, CachedTeacher(logits), CUDA, on_nan=on_nan)
+
+
+@pytest.mark.parametrize("terms", sorted(ENCODER_TERMS))
+def test_distillation_terms_do_not_synchronise_on_cuda(monkeypatch, tracker, terms):
+    """The terms of tests/test_step_sync.py (label terms, f-divergences, Sinkhorn and its
+    diagnostics), with a live bf16 teacher, under the sync debug mode."""
+    teacher = LiveTeacher(tiny_model(seed=1), FAMILY, CUDA, "bf16")
+    run_checked(monkeypatch, tracker, Objective(0.5, ENCODER_TERMS[terms]()), teacher, CUDA)
 
 
 def test_the_sync_check_sees_a_synchronisation(monkeypatch, tracker):
