@@ -121,14 +121,14 @@ def test_feature_terms_do_not_synchronise(monkeypatch, tracker):
     no_syncs(watched_train(monkeypatch, tracker, student, ToyData(), family, objective, teacher))
 
 
-def kd_and_kl() -> Objective:
+def token_terms() -> Objective:
     return Objective(0.5, [Term("kd", 0.5, divergences.get("kd", temperature=2.0)),
-                           Term("kl", 0.5, divergences.get("kl"))])
+                           Term("kl", 0.5, divergences.get("kl")), Term("uld", 0.5, divergences.get("uld"))])
 
 
 def test_token_family_step_does_not_synchronise(monkeypatch, tracker, pair):
     teacher = LiveTeacher(pair.teacher.model, pair.family, CPU, "fp32")
-    no_syncs(watched_train(monkeypatch, tracker, pair.student.model, pair.dataset, pair.family, kd_and_kl(),
+    no_syncs(watched_train(monkeypatch, tracker, pair.student.model, pair.dataset, pair.family, token_terms(),
                          teacher, batch_size=2))
 
 

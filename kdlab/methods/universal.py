@@ -15,10 +15,19 @@ from kdlab.divergences.base import check_range, compute_dtype, no_autocast
 from kdlab.errors import ConfigError
 
 
-def _answer(z: Tensor, mask: Optional[Tensor], i: int) -> Tensor:
-    """Row ``i``'s answer positions ``[n, V]``, left-aligned (masked positions removed)."""
-    rows = z[i] if z.dim() == 3 else z[i : i + 1]
-    return rows if mask is None else rows[mask[i]]
+def _left_aligned(z: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    """``(a [B, T, V], n [B])``: each row's answer positions moved to the front (its k-th
+    answer position at k; positions from ``n[b]`` on hold anything) and their count.
+    Gathered on the device: selecting them (``z[b][mask[b]]``) would wait for it."""
+    if z.dim() == 2:  # one position per row
+        z = z[:, None]
+    B, T, V = z.shape
+    if mask is None:
+        return z, torch.full((B,), T, dtype=torch.long, device=z.device)
+    rank = mask.long().cumsum(-1) - 1  # [B, T]: k of each answer position
+    pos = torch.zeros(B, T + 1, dtype=torch.long, device=z.device)  # column T: where the others go
+    pos.scatter_(1, torch.where(mask, rank, T), torch.arange(T, device=z.device).expand(B, T))
+    return z.gather(1, pos[:, :T, None].expand(B, T, V)), mask.sum(-1)
 
 
 @REGISTRY.register("uld")
@@ -29,7 +38,9 @@ class UniversalLogitDistillation(torch.nn.Module):
     along its own vocabulary and the smaller one zero-padded to the larger size (so the
     vocabularies need not match, nor be aligned). Each model's logits are cut to its own
     answer span (``mask`` for the student, ``teacher_mask`` for the teacher, True = answer
-    token) and left-aligned; positions are matched by index. Per sequence, the mean over
+    token) and left-aligned; positions are matched by index (gathered on the device, no
+    host synchronisation; unmatched positions are replaced by exact zeros, value and
+    gradient). Per sequence, the mean over
     positions ``j < min(len_s, len_t)`` of ``sum_v |P_s_sorted - P_t_sorted|``; then the
     mean over sequences that have any matched position. Symmetric in student and teacher;
     the teacher side is detached.
@@ -67,26 +78,24 @@ class UniversalLogitDistillation(torch.nn.Module):
                 raise ValueError("uld: the teacher's sequence length differs from the student's; "
                                  "give teacher_mask (the teacher's answer tokens)")
             teacher_mask = mask
-        per_sequence = []
         with no_autocast(z_s):
-            for i in range(z_s.shape[0]):
-                s, t = _answer(z_s, mask, i), _answer(z_t, teacher_mask, i)  # [n_s, V_s], [n_t, V_t]
-                n = min(s.shape[0], t.shape[0])
-                if n == 0:
-                    continue
-                p_s = torch.softmax(compute_dtype(s[:n]) / self.student_temperature, dim=-1)
-                p_t = torch.softmax(compute_dtype(t[:n]) / self.teacher_temperature, dim=-1)
-                p_s = p_s.sort(dim=-1, descending=True).values
-                p_t = p_t.sort(dim=-1, descending=True).values
-                gap = p_s.shape[-1] - p_t.shape[-1]
-                if gap > 0:
-                    p_t = F.pad(p_t, (0, gap))
-                elif gap < 0:
-                    p_s = F.pad(p_s, (0, -gap))
-                per_sequence.append((p_s - p_t).abs().sum(-1).mean())
-        if not per_sequence:
-            return compute_dtype(z_s).sum() * 0.0
-        return torch.stack(per_sequence).mean()
+            (s, n_s), (t, n_t) = _left_aligned(z_s, mask), _left_aligned(z_t, teacher_mask)
+            K = min(s.shape[1], t.shape[1])
+            n = torch.minimum(n_s, n_t)  # [B] matched positions per sequence
+            matched = torch.arange(K, device=s.device) < n[:, None]  # [B, K]
+            s = torch.where(matched[..., None], compute_dtype(s[:, :K]), 0.0)  # [B, K, V_s]
+            t = torch.where(matched[..., None], compute_dtype(t[:, :K]), 0.0)  # [B, K, V_t]
+            p_s = torch.softmax(s / self.student_temperature, dim=-1).sort(dim=-1, descending=True).values
+            p_t = torch.softmax(t / self.teacher_temperature, dim=-1).sort(dim=-1, descending=True).values
+            gap = p_s.shape[-1] - p_t.shape[-1]
+            if gap > 0:
+                p_t = F.pad(p_t, (0, gap))
+            elif gap < 0:
+                p_s = F.pad(p_s, (0, -gap))
+            d = torch.where(matched, (p_s - p_t).abs().sum(-1), 0.0)  # [B, K]
+            per_sequence = d.sum(-1) / n.clamp_min(1).to(d.dtype)  # [B]
+            has = n > 0
+            return per_sequence.sum() / has.sum().clamp_min(1).to(d.dtype)
 
     def extra_repr(self) -> str:
         return f"student_temperature={self.student_temperature}, teacher_temperature={self.teacher_temperature}"

@@ -282,6 +282,32 @@ def test_uld_skips_sequences_without_answer_and_detaches_the_teacher():
     assert z_s.grad[1].abs().sum() == 0 and z_s.grad[0, 2].abs().sum() == 0
 
 
+
+def test_uld_gathers_answers_on_the_device_as_selecting_them_would():
+    """Answer positions are gathered on the device (no host synchronisation); value and
+    gradient equal a per-sequence selection's (float64), whatever the other positions
+    hold (NaN here), which get exactly zero gradient."""
+    z_s, z_t = logits(3, 6, 7), logits(3, 5, 11)
+    m_s = torch.tensor([[0, 1, 1, 1, 0, 1], [1, 1, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    m_t = torch.tensor([[1, 1, 0, 1, 1], [0, 1, 1, 1, 0], [1, 1, 0, 0, 0]], dtype=torch.bool)
+    junk = z_s.masked_fill(~m_s[..., None], torch.nan).requires_grad_(True)
+    got = get("uld", student_temperature=2.0)(junk, z_t.masked_fill(~m_t[..., None], torch.nan), mask=m_s,
+                                             teacher_mask=m_t)
+    (grad,) = torch.autograd.grad(got, junk)
+    rows, per_sequence = z_s.clone().requires_grad_(True), []
+    for i in range(3):  # selected per sequence, matched by index
+        n = min(int(m_s[i].sum()), int(m_t[i].sum()))
+        if n:
+            p_s = torch.softmax(rows[i][m_s[i]][:n] / 2.0, -1).sort(-1, descending=True).values
+            p_t = torch.softmax(z_t[i][m_t[i]][:n], -1).sort(-1, descending=True).values
+            per_sequence.append((torch.nn.functional.pad(p_s, (0, 4)) - p_t).abs().sum(-1).mean())
+    expected = torch.stack(per_sequence).mean()
+    (g_ref,) = torch.autograd.grad(expected, rows)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(grad, g_ref, rtol=1e-12, atol=1e-14)
+    assert torch.equal(grad[~m_s], torch.zeros_like(grad[~m_s]))
+
+
 # -- DEMD (EMO) --------------------------------------------------------------------------
 
 
