@@ -133,3 +133,23 @@ def test_a_misspelt_combine_is_refused_at_composition():
         compose_config([*TWO, "objective.teachers.combine=mixtrue"])
     error = composition_key_error(info.value)
     assert error is not None and str(error) == "objective.teachers.combine='mixtrue': valid values are mixture, sum"
+
+
+def test_the_ensemble_preset_is_the_study_kd_row_with_two_teachers():
+    """experiment=ensemble/sst2_cpu: the CPU study's KD row on SST-2 but for its teachers;
+    teacher a is the study's teacher (the same node: the same cache key), b differs in its
+    fine-tuning seed only."""
+    from omegaconf import OmegaConf
+
+    from kdlab.metadata import flatten
+
+    cfg = compose_config(["experiment=ensemble/sst2_cpu", "logger=none"])
+    validate(cfg)
+    study = compose_config(["experiment=sinkd/glue_cpu", "experiment/sinkd/method=kd", "logger=none"])
+    mine, theirs = (flatten(OmegaConf.to_container(c, resolve=False)) for c in (cfg, study))
+    differ = {k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k)}
+    assert {k for k in differ if not k.startswith("teachers.")} == {"experiment_name", "logger.group"}
+    a, b = (OmegaConf.to_container(cfg.teachers[k], resolve=True) for k in "ab")
+    assert {k: v for k, v in a.items() if k != "weight"} == OmegaConf.to_container(study.teacher, resolve=True)
+    assert {k for k in flatten(a) if flatten(a)[k] != flatten(b)[k]} == {"finetune.seed"}
+    assert [m.weight for m in ensemble.members(cfg)] == [0.5, 0.5] and cfg.objective.teachers.combine == "mixture"
