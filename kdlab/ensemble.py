@@ -138,10 +138,12 @@ def check_objective(cfg: Any, objective: Objective) -> None:
 
 def mixture_logits(logits: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
     """``log sum_i w_i softmax(z_i)``: each ``[N, C]``, the result ``[N, C]`` float32,
-    computed as a log-sum-exp in float64 (a weight of 0 drops its teacher)."""
-    log_p = torch.stack([torch.log_softmax(z.double(), -1) for z in logits])  # [K, N, C]
-    log_w = torch.tensor(list(weights), dtype=torch.float64, device=log_p.device).log().view(-1, 1, 1)
-    return torch.logsumexp(log_p + log_w, 0).float()
+    computed as a log-sum-exp in float64 (a weight of 0 drops its teacher). The log-weights
+    are added as Python numbers: a weights tensor would be a blocking copy to the device
+    at every step."""
+    log_w = [math.log(w) if w > 0 else -math.inf for w in weights]
+    log_p = torch.stack([torch.log_softmax(z.double(), -1) + lw for z, lw in zip(logits, log_w, strict=True)])
+    return torch.logsumexp(log_p, 0).float()  # [N, C]
 
 
 @dataclass

@@ -13,6 +13,10 @@ apart. Work on the host by contract is not a synchronisation and is left out: th
 loader's (collation, before the batch is copied to the device) and a teacher-output
 source's ``from_host`` (``kdlab.teacher_outputs.HostBatchSource``: it is given the batch
 as collated, before the copy).
+
+Not seen on the CPU: blocking copies to the device (``torch.tensor(..., device="cuda")``,
+``.to("cuda")`` without ``non_blocking``), which wait for the device's queue on CUDA but
+are no copy at all on the CPU; ``tests/gpu`` sees them under the sync debug mode.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import torch
 
 from kdlab import divergences, token_cache
 from kdlab.config import LoggerConfig
+from kdlab.ensemble import EnsembleTeacher, SumObjective
 from kdlab.features import FEATURE_TERMS
 from kdlab.methods import LABEL_TERMS
 from kdlab.nonfinite import NonFiniteGuard
@@ -108,6 +109,16 @@ def test_encoder_step_does_not_synchronise(monkeypatch, tracker, terms):
     objective = Objective(0.5, ENCODER_TERMS[terms]())
     no_syncs(watched_train(monkeypatch, tracker, tiny_model(), MixedLabels(), FAMILY, objective,
                          encoder_teacher()))
+
+
+@pytest.mark.parametrize("combine", ["mixture", "sum"])
+def test_several_teachers_do_not_synchronise(monkeypatch, tracker, combine):
+    teacher = EnsembleTeacher([encoder_teacher(), LiveTeacher(tiny_model(seed=2), FAMILY, CPU, "fp32")], [0.6, 0.4])
+    objective = Objective(0.5, [Term("kd", 0.5, divergences.get("kd", temperature=2.0)),
+                                Term("kl", 0.5, divergences.get("kl"))])
+    if combine == "sum":
+        objective = SumObjective(objective, [0.6, 0.4])
+    no_syncs(watched_train(monkeypatch, tracker, tiny_model(), MixedLabels(), FAMILY, objective, teacher))
 
 
 def test_feature_terms_do_not_synchronise(monkeypatch, tracker):
