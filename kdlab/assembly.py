@@ -39,9 +39,9 @@ from kdlab.errors import ConfigError
 from kdlab.evaluate import split_metrics
 from kdlab.families import get_family
 from kdlab.metadata import run_metadata
-from kdlab.methods import ted
 from kdlab.models import STUDENTS, TEACHERS, Loaded
 from kdlab.objective import Objective, build_objective, fine_tune_objective
+from kdlab.terms import StageContext
 from kdlab.tracking import Tracker
 from kdlab.trainer import LoopResult, train
 from kdlab.validation import check_pair, same_tokenizer
@@ -72,7 +72,7 @@ class Experiment:
         self.precision = cfg.hardware.precision
         self.objective = ensemble.build_objective(cfg, build_objective(cfg)) if objective is None else objective
         # the distillation terms that need teacher and student to share a tokenizer
-        self.needs_shared = self.objective.shared_tokenizer_terms(self.family.name)
+        self.needs_shared = self.objective.shared_tokenizer_terms(self.family)
         # the family as distillation runs it: forwards also return what the feature terms
         # read (hidden states, attentions); every other phase runs the plain one
         self.distill_family = self.family.with_features(self.objective.features)
@@ -102,7 +102,7 @@ class Experiment:
         """The transfer examples tokenised by ``tokenizer``. The token families are
         teacher-forced on an answer: a transfer example's is the teacher's choice (rank
         classification), which the student is distilled on but never supervised with."""
-        if self.family.name != "encoder":
+        if not self.family.class_logits:
             placeholder = self.encode(teacher.tokenizer, [replace(ex, label=0) for ex in examples])
             choice = self.family.predictions(teacher.model, loader(placeholder, self.cfg.trainer.eval_batch_size),
                                              self.device, self.precision)
@@ -197,7 +197,7 @@ class Experiment:
         live = teacher_outputs.LiveTeacher(teacher.model, self.distill_family, self.device, self.precision)
         if token_cache.enabled(self.cfg):
             return self.token_teacher_outputs(teacher, teacher_hash, train_ds, examples)
-        if not self.cfg.trainer.cache_teacher_outputs or self.family.name != "encoder" \
+        if not self.cfg.trainer.cache_teacher_outputs or not self.family.class_logits \
                 or self.objective.features:  # feature terms need live hidden states
             return live
         key = cache_keys.teacher_outputs(teacher.model, teacher.tokenizer, examples, self.cfg.dataset,
@@ -230,10 +230,10 @@ class Experiment:
         objective, family = (self.objective, self.distill_family) if outputs is not None \
             else (fine_tune_objective(), self.family)
         check_pair(teacher, student, self.task.num_labels, self.family.name,
-                   objective.shared_tokenizer_terms(self.family.name))
+                   objective.shared_tokenizer_terms(self.family))
         self.family.bind_tokenizer(student.model, student.tokenizer)
         objective.bind(teacher.model, student.model, self.family.stacks)
-        self.stage_one(objective, family, teacher, student, train_ds)
+        self.pre_stages(objective, family, teacher, student, train_ds)
         ckpt_dir = Path(self.cfg.output_dir) / "checkpoints" / phase
         if resume_dir is not None and resume_dir != Path(self.cfg.output_dir):
             _copy_checkpoints(resume_dir / "checkpoints" / phase, ckpt_dir)
@@ -253,22 +253,28 @@ class Experiment:
         )
         return student, result
 
-    def stage_one(self, objective: Any, family: Any, teacher: Loaded, student: Loaded, train_ds: Any) -> None:
-        """Terms trained in a stage of their own before distillation (TED's filters)."""
+    def pre_stages(self, objective: Objective, family: Any, teacher: Loaded, student: Loaded,
+                   train_ds: Any) -> None:
+        """Run the stages the objective's terms declare before distillation (TED's stage I),
+        each fitting on the distillation data with the family's loss on gold labels."""
+        stages = objective.pre_stages()
+        if not stages:
+            return
         tr = self.cfg.trainer
-        for term in ted.stage_one_terms(objective):
-            recipe = term.recipe
 
-            def fit(model: torch.nn.Module, family: Any, lr: float, phase: str, recipe=recipe) -> None:
-                set_seed(recipe.seed)
-                train(model, train_ds, family, fine_tune_objective(), recipe.loop(loop_config(tr), lr),
-                      self.tracker, phase, self.device, self.precision)
+        def fit(model: torch.nn.Module, family: Any, loop: LoopConfig, phase: str) -> None:
+            set_seed(loop.seed)
+            train(model, train_ds, family, fine_tune_objective(), loop, self.tracker, phase, self.device,
+                  self.precision)
 
-            training = {"weight_decay": tr.weight_decay, "max_grad_norm": tr.max_grad_norm,
-                        "precision": self.precision, "world_size": distributed.world_size()}
-            ted.stage_one(term, teacher.model, student.model, ted.StageContext(
-                family=family, train_ds=train_ds, task=self.task.name, cache_dir=self.cfg.cache_dir,
-                training=training, fit=fit, is_main=distributed.is_main, barrier=distributed.barrier))
+        training = {"weight_decay": tr.weight_decay, "max_grad_norm": tr.max_grad_norm,
+                    "precision": self.precision, "world_size": distributed.world_size()}
+        ctx = StageContext(family=family, train_ds=train_ds, task=self.task.name, cache_dir=self.cfg.cache_dir,
+                           loop=loop_config(tr), training=training, fit=fit, is_main=distributed.is_main,
+                           barrier=distributed.barrier)
+        for stage in stages:
+            log.info("pre-stage %s", stage.name)
+            stage.run(teacher.model, student.model, ctx)
 
 
 def _copy_checkpoints(src: Path, dst: Path) -> None:

@@ -21,16 +21,18 @@ The value is the mean over layer pairs; the teacher side is detached; float32 th
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from kdlab.errors import ConfigError
-from kdlab.families.base import Outputs
-from kdlab.registry import Registry
+from kdlab.terms import FEATURE_FIELDS, TERMS, Reads, Term, TermRegistry
 
-FEATURE_TERMS: Registry = Registry("feature term")
+if TYPE_CHECKING:  # kdlab.families imports the divergences, whose package registers these terms
+    from kdlab.families.base import Family, Outputs
+
+FEATURE_TERMS: TermRegistry = TERMS  # the one registry of objective terms
 LOSSES = ("mse", "cosine")
 
 
@@ -55,11 +57,13 @@ def layer_count(config: Any, stack: str) -> int:
     return int(config.num_hidden_layers)
 
 
-class LayerMatch(torch.nn.Module):
+class LayerMatch(Term):
     """Base of the feature terms: layer pairs, loss, stack; ``bind`` checks them against
-    the models once both are built (and creates any projection)."""
+    the models once both are built (and creates any projection). A subclass declares the
+    one feature it reads: ``reads = Reads.HIDDEN_STATES`` or ``Reads.ATTENTIONS``."""
 
-    kind = ""  # the Outputs field it reads: "hidden_states" | "attentions"
+    reads = Reads.HIDDEN_STATES
+    needs_class_distributions = False  # hidden states or attentions, not class distributions
 
     def __init__(self, layers: Sequence[Sequence[int]], loss: str = "mse", stack: Optional[str] = None) -> None:
         super().__init__()
@@ -70,6 +74,17 @@ class LayerMatch(torch.nn.Module):
             raise ConfigError(f"loss={loss!r}: valid values are {', '.join(LOSSES)}")
         self.pairs: List[List[int]] = pairs
         self.loss, self.stack = loss, stack
+
+    @property
+    def kind(self) -> str:
+        """The ``Outputs`` field it reads: "hidden_states" | "attentions"."""
+        return FEATURE_FIELDS[self.reads]
+
+    def check_setting(self, task: Any, family: Family) -> None:
+        self.resolve_stack(family.stacks)
+
+    def compute(self, student: Outputs, teacher: Outputs, labels: Optional[torch.Tensor]) -> torch.Tensor:
+        return self(student, teacher)
 
     def resolve_stack(self, stacks: Sequence[str]) -> str:
         if not stacks:
@@ -99,7 +114,7 @@ class LayerMatch(torch.nn.Module):
 
 @FEATURE_TERMS.register("hidden")
 class HiddenStateMatch(LayerMatch):
-    kind = "hidden_states"
+    reads = Reads.HIDDEN_STATES
 
     def bind(self, teacher: torch.nn.Module, student: torch.nn.Module, stacks: Sequence[str]) -> None:
         super().bind(teacher, student, stacks)
@@ -118,7 +133,7 @@ class HiddenStateMatch(LayerMatch):
 
 @FEATURE_TERMS.register("attention")
 class AttentionMatch(LayerMatch):
-    kind = "attentions"
+    reads = Reads.ATTENTIONS
 
     def bind(self, teacher: torch.nn.Module, student: torch.nn.Module, stacks: Sequence[str]) -> None:
         super().bind(teacher, student, stacks)

@@ -5,130 +5,107 @@
 KD is Hinton's soft-target cross-entropy at ``objective.kd.temperature`` (optionally
 annealed to 1, see ``kd_temperature``, and scaled by T^2). CE is the model family's loss
 on gold labels (cross-entropy, MSE for regression, token cross-entropy on targets).
-Every distillation term is a module of ``kdlab.divergences`` (on logits) or of
-``kdlab.features`` (hidden states, attentions); all are computed in float32 whatever the
-autocast dtype.
+Every distillation term is a ``kdlab.terms.Term`` registered in ``kdlab.terms.TERMS``: the
+objective gives each term what it declares it reads and nothing else, asks it for its
+preconditions, schedule and pre-stages; all are computed in float32 whatever the autocast
+dtype.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import torch
 
-from kdlab import divergences
+from kdlab import terms as term_protocol
 from kdlab.config import Config
 from kdlab.data import get_task
-from kdlab.divergences.sparse import sparse_divergence
+from kdlab.divergences.kl import ANNEAL, kd_temperature
 from kdlab.errors import ConfigError
-from kdlab.families import FAMILIES
-from kdlab.families.base import Outputs
-from kdlab.features import FEATURE_TERMS, LayerMatch
-from kdlab.methods import LABEL_TERMS
+from kdlab.families import get_family
+from kdlab.families.base import Family, Outputs
+from kdlab.terms import PreStage, Reads, feature_fields
 
 NO_DIVERGENCE = "none"
 # Names of logged parts that are not terms: a term may not take them.
 RESERVED = {"ce": "the cross-entropy on labels", "loss": "the weighted sum"}
-# objective.kd.anneal: the KD temperature schedule (see kd_temperature)
-ANNEAL = ("none", "epoch", "step")
+
+__all__ = ["ANNEAL", "NO_DIVERGENCE", "Objective", "Term", "WeightedTerm", "build_objective", "kd_temperature"]
 
 
 @dataclass
-class Term:
+class WeightedTerm:
     name: str  # the key under which it is logged; unique in an objective
     weight: float
-    module: torch.nn.Module
+    module: torch.nn.Module  # a kdlab.terms.Term (a plain module is wrapped, see kdlab.terms.as_term)
     key: str = ""  # the config key it comes from, for messages ("divergence", "objective.alpha", ...)
 
+    def __post_init__(self) -> None:
+        self.module = term_protocol.as_term(self.module)
 
-def kd_temperature(t0: float, schedule: str, fraction: float, epoch: int, epochs: int) -> float:
-    """The KD temperature of ``objective.kd.anneal=schedule``, from ``t0`` down to 1.
 
-    - ``epoch`` (SinKD's ``DistillKL_anneal``, the published schedule): constant within an
-      epoch, ``T_e = t0 + (1 - t0) * e / (E - 1)`` for the 0-based epoch ``e`` of ``E``, so the
-      first epoch runs at ``t0`` and the last at 1. A partial last epoch (``trainer.epochs``
-      fractional) counts as an epoch; with ``E = 1`` there is nothing to anneal: ``t0``.
-    - ``step``: lowered at every optimiser step, ``t0 - (t0 - 1) * fraction``; it reaches 1
-      only at the end of training.
-    - ``none``: ``t0``.
-    """
-    if schedule == "step":
-        return t0 - (t0 - 1.0) * min(max(fraction, 0.0), 1.0)
-    if schedule == "epoch" and epochs > 1:
-        return t0 + (1.0 - t0) * min(max(epoch, 0), epochs - 1) / (epochs - 1)
-    return t0
+Term = WeightedTerm  # the name the objective's entries had before kdlab.terms.Term
 
 
 class Objective(torch.nn.Module):
     """Cross-entropy on labels plus weighted distillation terms."""
 
-    def __init__(
-        self,
-        ce_weight: float,
-        terms: List[Term],
-        kd_anneal: str = "none",
-    ) -> None:
-        """``kd_anneal`` (``ANNEAL``) schedules the temperature of the term named "kd" (the
-        alpha term), from its temperature at build time; see ``kd_temperature``."""
+    def __init__(self, ce_weight: float, terms: List[WeightedTerm]) -> None:
         super().__init__()
-        if kd_anneal not in ANNEAL:
-            raise ValueError(f"kd_anneal={kd_anneal!r}: one of {', '.join(ANNEAL)}")
         check_unique_names(terms)
         self.ce_weight = ce_weight
         self.terms = terms
         self._modules_list = torch.nn.ModuleList([t.module for t in terms])
-        self.kd_anneal = kd_anneal
-        kd = [t.module for t in terms if t.name == "kd"]
-        self._annealed = kd[0] if kd and kd_anneal != "none" else None
-        self._t0 = self._annealed.temperature if self._annealed is not None else 1.0
 
     @property
     def needs_teacher(self) -> bool:
         return any(t.weight > 0 for t in self.terms)
 
+    def weighted(self) -> List[WeightedTerm]:
+        return [t for t in self.terms if t.weight > 0]
+
     @property
     def features(self) -> FrozenSet[str]:
-        """What the feature terms read from ``Outputs`` besides logits."""
-        return frozenset(t.module.kind for t in self.terms if isinstance(t.module, LayerMatch) and t.weight > 0)
+        """What the weighted terms read from ``Outputs`` besides logits (``Family.features``)."""
+        return frozenset().union(*(feature_fields(t.module.reads) for t in self.weighted()))
 
-    def shared_tokenizer_terms(self, family: str) -> List[str]:
-        """The weighted terms that need teacher and student to share a tokenizer: feature
-        terms (they match token positions) and, in the token families, every logit term but
-        those declaring ``cross_tokenizer`` (ULD), as they compare distributions over one
-        vocabulary. Encoder logits are over the task's classes, whatever the tokenizers."""
+    def shared_tokenizer_terms(self, family: Family) -> List[str]:
+        """The weighted terms that need teacher and student to share a tokenizer: all but
+        those declaring ``cross_tokenizer`` (ULD) and, when the family's logits are over
+        the task's classes (``Family.class_logits``), the terms that read no features
+        (features match token positions; class logits are the same whatever the tokenizers)."""
         out = []
-        for t in self.terms:
-            if t.weight <= 0:
-                continue
-            if isinstance(t.module, LayerMatch) or (family != "encoder" and not getattr(t.module, "cross_tokenizer", False)):
+        for t in self.weighted():
+            tokenizer_free = t.module.cross_tokenizer or (
+                family.class_logits and not feature_fields(t.module.reads))
+            if not tokenizer_free:
                 out.append(t.name)
         return out
 
     def bind(self, teacher: torch.nn.Module, student: torch.nn.Module, stacks: Sequence[str]) -> None:
-        """Check feature terms against the models and create their projections (trained
-        with the student: the trainer optimises ``self.parameters()`` too)."""
+        """Bind every term to the models: each checks them and creates its trainable
+        parameters (trained with the student: the trainer optimises ``self.parameters()`` too)."""
         for t in self.terms:
-            if hasattr(t.module, "bind"):  # feature terms; terms reading the student's embeddings
-                t.module.bind(teacher, student, stacks)
+            t.module.bind(teacher, student, stacks)
 
     def set_progress(self, fraction: float, epoch: int = 0, epochs: int = 1) -> None:
         """Where training is: ``fraction`` of the optimiser steps done, in the 0-based data
-        epoch ``epoch`` of ``epochs`` (a partial last one counted). Sets the annealed KD
-        temperature (``kd_temperature``); terms with a schedule of their own (DKD's
-        warm-up) get ``set_progress(fraction)``."""
-        for term in self.terms:
-            if hasattr(term.module, "set_progress"):
-                term.module.set_progress(fraction)
-        if self._annealed is not None:
-            self._annealed.temperature = kd_temperature(self._t0, self.kd_anneal, fraction, epoch, epochs)
+        epoch ``epoch`` of ``epochs`` (a partial last one counted); every term's schedule
+        (KD's annealed temperature, DKD's warm-up) follows it."""
+        for t in self.terms:
+            t.module.set_progress(fraction, epoch, epochs)
+
+    def pre_stages(self) -> List[PreStage]:
+        """The stages the weighted terms train before distillation, in term order."""
+        return [stage for t in self.weighted() for stage in t.module.pre_stages()]
 
     def forward(
         self,
         student: Outputs,  # logits [B, C] or [B, T, V]; mask None or [B, T]
         supervised: torch.Tensor,  # the family's loss on gold labels (float32 scalar)
         teacher: Optional[Outputs] = None,
-        labels: Optional[torch.Tensor] = None,  # gold labels [B], for terms with needs_labels
+        labels: Optional[torch.Tensor] = None,  # gold labels [B], for terms reading Reads.LABELS
         has_label: Optional[torch.Tensor] = None,  # [B] bool: False on transfer examples (no gold label)
     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """The weighted sum and each term. ``supervised`` is already averaged over the
@@ -145,34 +122,43 @@ class Objective(torch.nn.Module):
             if teacher is None:
                 raise ValueError("the objective has distillation terms but no teacher outputs")
             z_t = teacher.logits.float().detach()
-            for term in self.terms:
-                if term.weight > 0:
-                    value = self._term(term.module, student, teacher, z_s, z_t, labels, has_label)
-                    parts[term.name] = value
-                    total = total + term.weight * value
+            for term in self.weighted():
+                value = _value(term.module, replace(student, logits=z_s), replace(teacher, logits=z_t),
+                               labels, has_label)
+                parts[term.name] = value
+                total = total + term.weight * value
         parts["loss"] = total
         return total, parts
 
-    @staticmethod
-    def _term(module: torch.nn.Module, student: Outputs, teacher: Outputs, z_s: torch.Tensor,
-              z_t: torch.Tensor, labels: Optional[torch.Tensor], has_label: Optional[torch.Tensor]) -> torch.Tensor:
-        if isinstance(module, LayerMatch):
-            return module(student, teacher)
-        if teacher.sparse is not None:  # a top-k token cache: see kdlab.divergences.sparse
-            return sparse_divergence(module, z_s, teacher.sparse, mask=student.mask)
-        kw = {}
-        mask = student.mask
-        if getattr(module, "needs_labels", False):
-            if labels is None:
-                raise ValueError(f"{type(module).__name__} needs gold labels; the objective got none")
-            if has_label is not None:  # class logits [B, C] (label terms are encoder-only)
-                # masked on the device, not selected: selecting rows waits for the device
-                mask = has_label if mask is None else mask & has_label
-                labels = torch.where(has_label, labels, 0)  # a transfer row's label may be anything
-            kw["labels"] = labels
-        if getattr(module, "needs_teacher_mask", False):  # each model's own answer span (ULD)
-            kw["teacher_mask"] = teacher.mask
-        return module(z_s, z_t, mask=mask, **kw)
+
+def view(out: Outputs, reads: Reads, logits: Reads, mask: Reads) -> Outputs:
+    """``out`` with only what ``reads`` declares (``logits`` and ``mask``: the flags of this
+    side's logits and mask); every other field is None."""
+    return Outputs(
+        logits=out.logits if logits in reads else None,
+        mask=out.mask if mask in reads else None,
+        hidden_states=out.hidden_states if Reads.HIDDEN_STATES in reads else None,
+        attentions=out.attentions if Reads.ATTENTIONS in reads else None,
+        feature_masks=out.feature_masks if feature_fields(reads) else None,
+        sparse=out.sparse if logits in reads else None,
+    )
+
+
+def _value(module: term_protocol.Term, student: Outputs, teacher: Outputs, labels: Optional[torch.Tensor],
+           has_label: Optional[torch.Tensor]) -> torch.Tensor:
+    """One term's value from the views of both models that it declared it reads."""
+    reads = module.reads
+    s = view(student, reads, Reads.STUDENT_LOGITS, Reads.TOKEN_MASK)
+    t = view(teacher, reads, Reads.TEACHER_LOGITS, Reads.TEACHER_MASK)
+    if Reads.LABELS not in reads:
+        return module.compute(s, t, None)
+    if labels is None:
+        raise ValueError(f"{type(module).__name__} needs gold labels; the objective got none")
+    if has_label is not None:  # class logits [B, C] (label terms need Family.class_logits)
+        # rows masked on the device, not selected: selecting rows waits for the device
+        s = replace(s, mask=has_label if s.mask is None else s.mask & has_label)
+        labels = torch.where(has_label, labels, 0)  # a transfer row's label may be anything
+    return module.compute(s, t, labels)
 
 
 def check_unique_names(terms: Sequence[Term]) -> None:
@@ -203,26 +189,20 @@ def _duplicate_message(name: str, first: str, second: str) -> str:
 
 def needs_class_distributions(module: torch.nn.Module) -> bool:
     """Whether a term compares distributions over classes (softmax of the logits), which
-    are all 1 on a single output: such a term is identically 0 on a regression task.
-
-    Logit terms declare it as the class attribute ``needs_class_distributions`` (True on
-    ``LogitDivergence``, the label-aware terms and ULD; False on ``mse``). Feature terms
-    read hidden states or attentions: False. A logit term that declares nothing (one
-    registered from outside kdlab's base classes) counts as True, so that it is refused on
-    a single output rather than silently trained as 0.
-    """
-    if isinstance(module, LayerMatch):
-        return False
-    return bool(getattr(module, "needs_class_distributions", True))
+    are all 1 on a single output: such a term is identically 0 on a regression task. Each
+    term declares it (``kdlab.terms.Term.needs_class_distributions``); a plain module counts
+    as True (``kdlab.terms.Adapted``), so that it is refused on a single output rather than
+    silently trained as 0."""
+    return term_protocol.as_term(module).needs_class_distributions
 
 
-def check_single_output(terms: Sequence[Term], task: Any, family: str) -> None:
+def check_single_output(terms: Sequence[WeightedTerm], task: Any, family: Family) -> None:
     """Refuse distillation terms that are identically 0 on the task's outputs: on a
-    regression task the encoder family has one output per example, so every term that
-    compares class distributions gives 0 and only the label loss would train."""
-    if family != "encoder" or not task.is_regression:
+    regression task a family with class logits has one output per example, so every term
+    that compares class distributions gives 0 and only the label loss would train."""
+    if not family.class_logits or not task.is_regression:
         return
-    zero = [t for t in terms if t.weight > 0 and needs_class_distributions(t.module)]
+    zero = [t for t in terms if t.weight > 0 and t.module.needs_class_distributions]
     if zero:
         names = ", ".join(f"{t.name} ({t.key})" if t.key else t.name for t in zero)
         raise ConfigError(
@@ -262,38 +242,30 @@ def build_objective(cfg: Config) -> Objective:
     if obj.kd.temperature <= 0:
         raise ConfigError(f"objective.kd.temperature={obj.kd.temperature}: must be > 0")
     anneal = anneal_schedule(obj.kd.anneal)
-    terms: List[Term] = []
-    if obj.alpha > 0:
-        kd = divergences.get("kd", temperature=obj.kd.temperature, t2=obj.kd.t2)
-        terms.append(Term("kd", obj.alpha, kd, "objective.alpha"))
+    terms: List[WeightedTerm] = []
+    if obj.alpha > 0:  # objective.kd.anneal schedules this term only
+        kd = term_protocol.build("kd", temperature=obj.kd.temperature, t2=obj.kd.t2, anneal=anneal)
+        terms.append(WeightedTerm("kd", obj.alpha, kd, "objective.alpha"))
     div = cfg.divergence
     if div.name != NO_DIVERGENCE:
         check_weight("divergence.weight", div.weight)
-        terms.append(Term(div.name, div.weight, _build("divergence", div.name, dict(div.params)), "divergence"))
+        terms.append(WeightedTerm(div.name, div.weight, _build("divergence", div.name, dict(div.params)),
+                                  "divergence"))
     for key, term in obj.terms.items():
-        check_weight(f"objective.terms.{key}.weight", term.weight)
-        terms.append(Term(key, term.weight, _build(f"objective.terms.{key}", term.name, dict(term.params)),
-                          f"objective.terms.{key}"))
-        if isinstance(terms[-1].module, LayerMatch):
-            try:
-                terms[-1].module.resolve_stack(FAMILIES.get(cfg.teacher.family).stacks)
-            except ConfigError as e:
-                raise ConfigError(f"objective.terms.{key}: {e}") from None
+        where = f"objective.terms.{key}"
+        check_weight(f"{where}.weight", term.weight)
+        terms.append(WeightedTerm(key, term.weight, _build(where, term.name, dict(term.params)), where))
     check_unique_names(terms)
-    task = get_task(cfg.dataset.name)
+    task, family = get_task(cfg.dataset.name), get_family(cfg.teacher.family)
     for term in terms:
-        if hasattr(term.module, "check_setting"):  # the method's preconditions on task and family
-            try:
-                term.module.check_setting(task, cfg.teacher.family)
-            except ConfigError as e:
-                raise ConfigError(f"{term.key} ({term.name}): {e}") from None
-        if hasattr(term.module, "set_training_epochs"):
-            term.module.set_training_epochs(cfg.trainer.epochs)
-    check_single_output(terms, task, cfg.teacher.family)
+        try:  # the term's preconditions on the task and the family's capabilities
+            term.module.check_setting(task, family)
+        except ConfigError as e:
+            raise ConfigError(f"{term.key} ({term.name}): {e}") from None
+    check_single_output(terms, task, family)
     ce_weight = 1.0 - obj.alpha if obj.ce_weight is None else obj.ce_weight
     check_weight("objective.ce_weight", ce_weight)
-    # the schedule is the alpha term's: with objective.alpha=0 there is nothing to anneal
-    return Objective(ce_weight, terms, kd_anneal=anneal if obj.alpha > 0 else "none")
+    return Objective(ce_weight, terms)
 
 
 def fine_tune_objective() -> Objective:
@@ -301,12 +273,8 @@ def fine_tune_objective() -> Objective:
     return Objective(1.0, [])
 
 
-def _build(key: str, name: str, params: dict) -> torch.nn.Module:
+def _build(key: str, name: str, params: dict) -> term_protocol.Term:
     try:
-        if key.startswith("objective.terms.") and name in FEATURE_TERMS:
-            return FEATURE_TERMS.build(name, **params)
-        if name in LABEL_TERMS:
-            return LABEL_TERMS.build(name, **params)
-        return divergences.get(name, **params)
+        return term_protocol.build(name, **params)
     except ConfigError as e:
         raise ConfigError(f"{key}: {e}") from None

@@ -42,10 +42,9 @@ import torch
 from kdlab import distributed
 from kdlab.batching import teacher_batch
 from kdlab.divergences.base import compute_dtype
-from kdlab.divergences.sparse import SparseTeacher, accepts_sparse
+from kdlab.divergences.sparse import SparseTeacher
 from kdlab.errors import ConfigError, DataError
 from kdlab.families.base import Family, Outputs
-from kdlab.features import LayerMatch
 from kdlab.precision import autocast
 
 log = logging.getLogger(__name__)
@@ -83,7 +82,7 @@ def check(cfg: Any, objective: Any) -> Optional[float]:
         return None
     terms = [t for t in objective.terms if t.weight > 0]
     for t in terms:
-        if isinstance(t.module, LayerMatch) or not accepts_sparse(t.module):
+        if not t.module.takes_sparse_teacher:
             raise ConfigError(f"the term {t.name} ({t.key or 'objective.terms'}) needs the teacher's full "
                               "distribution or hidden states, which a top-k teacher cache does not keep; "
                               "set trainer.teacher_cache.top_k=null (teacher computed live)")
@@ -91,7 +90,7 @@ def check(cfg: Any, objective: Any) -> Optional[float]:
     if len(temps) > 1:
         raise ConfigError(f"a top-k teacher cache stores log-probabilities at one temperature; the objective's "
                           f"terms use {temps}. Give them one temperature or set trainer.teacher_cache.top_k=null")
-    if objective.kd_anneal != "none":
+    if any(t.module.anneal != "none" for t in terms):  # takes_sparse_teacher: a LogitDivergence
         raise ConfigError("objective.kd.anneal changes the KD temperature during training, which a top-k teacher "
                           "cache (stored at one temperature) cannot follow; set objective.kd.anneal=none or "
                           "trainer.teacher_cache.top_k=null")
@@ -179,7 +178,7 @@ def write(root: Path, model: torch.nn.Module, dataset: Any, family: Family, devi
     (root / "meta.json").write_text(json.dumps(meta, indent=1))
 
 
-def cached(root: Path, make: Any) -> "TokenCachedTeacher":
+def cached(root: Path, make: Any) -> TokenCachedTeacher:
     """Open the cache ``root``, writing it first (rank 0, aside then renamed) if missing.
     ``make(tmp_dir)`` writes the files."""
     if not (root / "meta.json").exists():

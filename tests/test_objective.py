@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kdlab import divergences
+from kdlab import divergences, terms
 from kdlab.config import LoggerConfig
 from kdlab.data import get_task
+from kdlab.divergences.kl import SoftTargetCE
 from kdlab.errors import ConfigError
 from kdlab.families import get_family
 from kdlab.families.base import Outputs
-from kdlab.methods import LABEL_TERMS
 from kdlab.objective import (
     Objective,
     Term,
@@ -20,6 +20,7 @@ from kdlab.objective import (
     kd_temperature,
     needs_class_distributions,
 )
+from kdlab.terms import TERMS, Reads
 from kdlab.tracking import Tracker
 from kdlab.trainer import LoopSettings, total_epochs, train
 from tests.conftest import compose_config, refused_before_training
@@ -55,25 +56,16 @@ def test_epochs_of_a_loop(kw, batches, epochs):
     assert total_epochs(settings, batches) == epochs
 
 
-class Recording(torch.nn.Module):
+class Recording(SoftTargetCE):
     """KD that records its temperature at every call."""
 
-    def __init__(self, temperature):
-        super().__init__()
-        self.kd = divergences.get("kd", temperature=temperature)
+    def __init__(self, temperature, anneal):
+        super().__init__(temperature=temperature, anneal=anneal)
         self.seen = []
 
-    @property
-    def temperature(self):
-        return self.kd.temperature
-
-    @temperature.setter
-    def temperature(self, value):
-        self.kd.temperature = value
-
     def forward(self, s, t, mask=None):
-        self.seen.append(round(self.kd.temperature, 6))
-        return self.kd(s, t, mask)
+        self.seen.append(round(self.temperature, 6))
+        return super().forward(s, t, mask)
 
 
 @pytest.mark.parametrize("schedule, expected", [
@@ -89,8 +81,8 @@ def test_the_loop_applies_the_schedule(tmp_path, schedule, expected):
         with torch.no_grad():
             return family.forward(teacher_model, batch)
 
-    kd = Recording(4.0)
-    objective = Objective(0.5, [Term("kd", 0.5, kd)], kd_anneal=schedule)
+    kd = Recording(4.0, schedule)  # the KD term's own schedule
+    objective = Objective(0.5, [Term("kd", 0.5, kd)])
     tracker = Tracker(LoggerConfig(backend="none", mode="disabled"), tmp_path / "run", {})
     try:
         train(tiny_model(), ToyData(n=32), family, objective,
@@ -105,7 +97,7 @@ def test_the_loop_applies_the_schedule(tmp_path, schedule, expected):
                                              ("false", "none")])
 def test_anneal_values(value, schedule):
     objective = build_objective(compose_config(["objective.alpha=0.5", f"objective.kd.anneal={value}"]))
-    assert objective.kd_anneal == schedule
+    assert objective.terms[0].module.anneal == schedule
 
 
 @pytest.mark.parametrize("value, message", [
@@ -120,7 +112,7 @@ def test_anneal_bad_values(value, message):
 def test_published_presets_anneal_per_epoch():
     for task, schedule in [("mrpc", "epoch"), ("qqp", "epoch"), ("mnli", "epoch"), ("rte", "none")]:
         cfg = compose_config(["experiment=sinkd/glue", f"experiment/sinkd/glue/task={task}"])
-        assert build_objective(cfg).kd_anneal == schedule
+        assert build_objective(cfg).terms[0].module.anneal == schedule
 
 
 def test_only_the_alpha_term_is_annealed():
@@ -187,15 +179,16 @@ def test_regression_with_logit_mse_builds():
 
 
 def test_declarations():
-    """Every registered logit term declares what it reads; only logit MSE works on one output."""
-    declared = {name: needs_class_distributions(divergences.REGISTRY.build(name))
-                for name in divergences.names() if name != "uld"}
-    assert {k for k, v in declared.items() if not v} == {"mse"}
+    """Every registered term is a Term declaring what it reads; only logit MSE and the
+    feature terms work on one output; only ULD works across tokenizers in every family."""
+    classes = {name: TERMS.get(name) for name in TERMS.names()}
+    assert all(issubclass(c, terms.Term) for c in classes.values())
+    features = {name for name, c in classes.items() if terms.feature_fields(c.reads)}
+    assert features == {"hidden", "attention", "ted", "pkd", "distilbert_cos"}
+    assert {name for name, c in classes.items() if not c.needs_class_distributions} == features | {"mse"}
+    assert {name for name, c in classes.items() if Reads.LABELS in c.reads} == {"dkd", "pld", "demd"}
+    assert {name for name, c in classes.items() if c.cross_tokenizer} == {"uld"}
     assert needs_class_distributions(divergences.get("uld"))
-    assert all(needs_class_distributions(LABEL_TERMS.build(n)) for n in LABEL_TERMS.names())
-    for name in divergences.names():
-        if name != "sinkhorn":  # sinkhorn.py is not a LogitDivergence; counted as True by default
-            assert "needs_class_distributions" in dir(divergences.REGISTRY.get(name)), name
     assert get_task("glue/stsb").is_regression
 
 

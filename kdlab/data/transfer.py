@@ -32,6 +32,7 @@ from kdlab.data.loader import load_split, subsample
 from kdlab.data.readers import JsonlFormat, Labels, TsvFormat
 from kdlab.data.tasks import TaskSpec, get_task
 from kdlab.errors import ConfigError, DataError
+from kdlab.terms import Reads
 
 KINDS = ("none", "unlabelled", "augment", "files")
 SUFFIXES = (".tsv", ".jsonl", ".txt")
@@ -70,7 +71,7 @@ def check(cfg: Any, objective: Any) -> None:
             raise ConfigError("transfer=files needs transfer.files, e.g. transfer.files='[extra.txt]'")
         for f in tr.files:
             _check_suffix(task, str(f))
-    teacher_terms = [t.name for t in objective.terms if t.weight > 0 and not getattr(t.module, "needs_labels", False)]
+    teacher_terms = [t.name for t in objective.terms if t.weight > 0 and Reads.LABELS not in t.module.reads]
     if not teacher_terms:
         raise ConfigError(f"transfer={tr.name}: no weighted objective term learns from the teacher without "
                           "gold labels (KD with objective.alpha > 0, a divergence, a feature term), so the "

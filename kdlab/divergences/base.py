@@ -30,6 +30,7 @@ from torch import Tensor
 
 from kdlab.divergences.chunked import NEG_LOGIT, compute_dtype, finite_logits, position_values
 from kdlab.errors import ConfigError
+from kdlab.terms import LogitTerm
 
 __all__ = ["NEG_LOGIT", "compute_dtype", "finite_logits", "position_values"]  # shared with the methods
 
@@ -167,7 +168,7 @@ def zero_against_mass(x: Tensor, log_other: Tensor) -> Tensor:
     return torch.where(torch.isneginf(x), log_other, -math.inf).amax(-1).exp() > 0
 
 
-class LogitDivergence(torch.nn.Module):
+class LogitDivergence(LogitTerm):
     """Base of divergences between per-position distributions softmax(z / T).
 
     Subclasses implement ``pointwise(log_q, log_p) -> [N]`` on log-probabilities of the
@@ -189,6 +190,9 @@ class LogitDivergence(torch.nn.Module):
     # Compares softmax distributions over the classes, which are all 1 on a single output
     # (a regression head): the objective refuses such a term there (it would be 0).
     needs_class_distributions = True
+    # The temperature's schedule during training (``kd``: objective.kd.anneal); a top-k
+    # teacher cache, stored at one temperature, refuses any other than "none".
+    anneal = "none"
     # What the generic tests (tests/divergences/test_family.py, which list the registered
     # divergences) rely on: the value is 0 when the inputs are equal (False for a cross-
     # entropy), and parameters other than the defaults to exercise a parametric member with.
@@ -219,6 +223,17 @@ class LogitDivergence(torch.nn.Module):
 
     def pointwise(self, log_q: Tensor, log_p: Tensor) -> Tensor:  # [N, C] x2 -> [N]
         raise NotImplementedError
+
+    @property
+    def takes_sparse_teacher(self) -> bool:  # type: ignore[override]
+        """A softmax divergence (``prepare`` the plain log-softmax; not ``mse``, which
+        compares raw logits) can read a top-k teacher (``kdlab.divergences.sparse``)."""
+        return type(self).prepare is LogitDivergence.prepare
+
+    def sparse_value(self, z_s: Tensor, teacher: Any, mask: Optional[Tensor]) -> Tensor:
+        from kdlab.divergences.sparse import sparse_divergence  # sparse builds on this module
+
+        return sparse_divergence(self, z_s, teacher, mask=mask)
 
     # Members that define grad_log_q (or value_and_grad) get a fused backward: the
     # gradient is computed with the value, block by block, and is the only tensor kept for

@@ -12,7 +12,28 @@ import torch
 from torch import Tensor
 
 from kdlab.divergences import REGISTRY
-from kdlab.divergences.base import LogitDivergence
+from kdlab.divergences.base import LogitDivergence, check_choice
+
+# objective.kd.anneal: the KD temperature schedule (see kd_temperature)
+ANNEAL = ("none", "epoch", "step")
+
+
+def kd_temperature(t0: float, schedule: str, fraction: float, epoch: int, epochs: int) -> float:
+    """The KD temperature of ``objective.kd.anneal=schedule``, from ``t0`` down to 1.
+
+    - ``epoch`` (SinKD's ``DistillKL_anneal``, the published schedule): constant within an
+      epoch, ``T_e = t0 + (1 - t0) * e / (E - 1)`` for the 0-based epoch ``e`` of ``E``, so the
+      first epoch runs at ``t0`` and the last at 1. A partial last epoch (``trainer.epochs``
+      fractional) counts as an epoch; with ``E = 1`` there is nothing to anneal: ``t0``.
+    - ``step``: lowered at every optimiser step, ``t0 - (t0 - 1) * fraction``; it reaches 1
+      only at the end of training.
+    - ``none``: ``t0``.
+    """
+    if schedule == "step":
+        return t0 - (t0 - 1.0) * min(max(fraction, 0.0), 1.0)
+    if schedule == "epoch" and epochs > 1:
+        return t0 + (1.0 - t0) * min(max(epoch, 0), epochs - 1) / (epochs - 1)
+    return t0
 
 
 def kl_terms(log_a: Tensor, log_b: Tensor) -> Tensor:
@@ -41,11 +62,25 @@ class SoftTargetCE(LogitDivergence):
     ``KL(p || q) + H(p)``: same gradient as forward KL, but it is *not* zero when student
     and teacher agree (it is the teacher's entropy then). This is the KD term of the
     SinKD scripts (no T^2 there: ``t2=False``).
+
+    ``anneal`` (``ANNEAL``; ``objective.kd.anneal`` for the objective's alpha term)
+    schedules the temperature from its value at build time down to 1 during training: see
+    ``kd_temperature``.
     """
 
     fused = True
     infinite_at = "student"
     zero_on_identical = False  # the teacher's entropy
+
+    def __init__(self, temperature: float = 1.0, t2: bool = False, reduction: str = "mean",
+                 check_inputs: bool = False, anneal: str = "none") -> None:
+        super().__init__(temperature, t2, reduction, check_inputs)
+        self.anneal = check_choice("anneal", anneal, ANNEAL)
+        self.t0 = self.temperature
+
+    def set_progress(self, fraction: float, epoch: int, epochs: int) -> None:
+        if self.anneal != "none":
+            self.temperature = kd_temperature(self.t0, self.anneal, fraction, epoch, epochs)
 
     def pointwise(self, log_q: Tensor, log_p: Tensor) -> Tensor:
         return self.pointwise_from_p(log_q, log_p, log_p.exp())

@@ -41,6 +41,7 @@ from kdlab.divergences.base import (
 )
 from kdlab.divergences.costs import CHUNK_ELEMENTS, lp_distance
 from kdlab.errors import ConfigError, ResourceError
+from kdlab.terms import LogitTerm
 
 MODES = ("faithful", "sound")
 FAITHFUL_ONLY = ("p", "n_iters", "reduction", "memory_limit_gb")
@@ -84,7 +85,7 @@ def faithful_sinkhorn(
 
 
 @REGISTRY.register("sinkhorn")
-class Sinkhorn(torch.nn.Module):
+class Sinkhorn(LogitTerm):
     """Entropic optimal transport between student and teacher predictions (SinKD).
 
     Args (both modes):

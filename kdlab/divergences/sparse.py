@@ -76,7 +76,7 @@ def accepts_sparse(module: torch.nn.Module) -> bool:
     teacher: a ``LogitDivergence`` whose ``prepare`` is the plain log-softmax (not
     ``mse``, which compares raw logits; Sinkhorn / ULD need every class, so are not
     ``LogitDivergence``s)."""
-    return isinstance(module, LogitDivergence) and type(module).prepare is LogitDivergence.prepare
+    return isinstance(module, LogitDivergence) and module.takes_sparse_teacher
 
 
 def collapse(log_q: Tensor, index: Tensor, with_tail: bool) -> Tensor:

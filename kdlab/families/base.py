@@ -56,6 +56,12 @@ class Predictions:
 
 class Family(ABC):
     name: str
+    # Whether the logits are ``[B, C]`` over the task's classes, one row per example with
+    # its gold class (the encoder's classification heads), rather than over a vocabulary at
+    # answer positions. Class logits do not depend on the tokenizers (logit terms work
+    # across them), carry one gold label per example (label-aware terms) and give a single
+    # output on a regression task; the token families teacher-force an answer instead.
+    class_logits: bool = False
     # The stacks whose hidden states / attentions ``forward`` can return, in order (the
     # last one produces the logits); empty: the family does not support feature terms.
     stacks: Tuple[str, ...] = ()
@@ -150,7 +156,7 @@ class WrappedFamily(Family):
     overrides only the steps it changes."""
 
     def __init__(self, base: Family) -> None:
-        self.base, self.name = base, base.name
+        self.base, self.name, self.class_logits = base, base.name, base.class_logits
 
     def load(self, *args: Any, **kwargs: Any) -> Any:
         return self.base.load(*args, **kwargs)

@@ -24,6 +24,7 @@ INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 class EncoderFamily(Family):
     name = "encoder"
     stacks = ("encoder",)
+    class_logits = True
 
     def load(self, path: str, num_labels: int, key: str, reinit_head: bool = False) -> Any:
         return load_classifier(path, num_labels, key=key, reinit_head=reinit_head)

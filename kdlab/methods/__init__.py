@@ -11,15 +11,15 @@ One file per family of methods:
 Skew KL / skew reverse KL (DistiLLM) and the generalized JSD of GKD are the divergences
 ``skew_kl``, ``skew_rkl`` and ``js`` of ``kdlab.divergences.fdiv``.
 
-Label-aware terms do not fit the divergence interface ``div(z_s, z_t, mask=None)``: they
-live in their own registry and are called with ``labels=`` by the objective (they declare
-``needs_labels = True``).
+Every term registers in ``kdlab.terms.TERMS`` (``LABEL_TERMS`` is that registry). Label-aware
+terms declare ``Reads.LABELS``: the objective calls them with ``labels=``.
 """
 
 from __future__ import annotations
 
-from kdlab.registry import Registry, discover
+from kdlab.registry import discover
+from kdlab.terms import TERMS, TermRegistry
 
-LABEL_TERMS: Registry = Registry("label-aware term")
+LABEL_TERMS: TermRegistry = TERMS
 
 discover(__name__)  # every file of this folder registers its terms: no list to keep

@@ -5,9 +5,9 @@ They take ``(z_s, z_t, mask=None, labels=...)`` with ``z [B, C]`` class logits,
 the objective passes ``has_label``, so transfer rows, whose labels mean nothing, get no
 value and exactly zero gradient; a batch without a kept row gives 0). The rows are masked
 on the device, never selected, so the term does not wait for the device. They declare
-``needs_labels = True``: the objective passes the batch's labels, and a configuration
-without class labels (a regression task, or a family whose labels are not the logits'
-classes) is rejected when the objective is built.
+``Reads.LABELS``: the objective passes the batch's labels, and a configuration without
+class labels (a regression task, or a family whose logits are not over the task's classes)
+is rejected when the objective is built.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from torch import Tensor
 
 from kdlab.divergences.base import check_choice, check_range, compute_dtype, no_autocast
 from kdlab.errors import ConfigError
+from kdlab.families.base import Family
 from kdlab.methods import LABEL_TERMS
+from kdlab.terms import LOGITS, LogitTerm, Reads
 
 
 def check_class_inputs(name: str, z_s: Tensor, z_t: Tensor, labels: Optional[Tensor], need_labels: bool = True) -> None:
@@ -36,17 +38,17 @@ def check_class_inputs(name: str, z_s: Tensor, z_t: Tensor, labels: Optional[Ten
         raise ValueError(f"{name}: labels must be [B] class indices, got {tuple(labels.shape)} {labels.dtype}")
 
 
-class LabelTerm(torch.nn.Module):
-    needs_labels = True
+class LabelTerm(LogitTerm):
+    reads = LOGITS | Reads.TOKEN_MASK | Reads.LABELS  # the mask only to refuse one
     needs_class_distributions = True  # class logits [B, C] with C > 1
 
-    def check_setting(self, task: Any, family: str) -> None:
+    def check_setting(self, task: Any, family: Family) -> None:
         """Reject a task or model family that cannot give this term class labels."""
-        if self.needs_labels and task.is_regression:
+        if Reads.LABELS in self.reads and task.is_regression:
             raise ConfigError(f"needs class labels, but dataset={task.name} is a regression task")
-        if family != "encoder":
+        if not family.class_logits:
             raise ConfigError(f"needs [B, C] class logits and class labels: teacher.family=encoder "
-                              f"(teacher.family={family} scores answer tokens)")
+                              f"(teacher.family={family.name} scores answer tokens)")
 
     def check_mask(self, mask: Optional[Tensor], z_s: Tensor) -> None:
         if mask is not None and (mask.shape != z_s.shape[:1] or mask.dtype != torch.bool):
@@ -83,9 +85,8 @@ class DecoupledKD(LabelTerm):
       ``ce_w * CE`` of the paper is the objective's CE term (``objective.ce_weight``).
 
     Teacher first (reference) in both KLs; the teacher is detached. ``epoch`` is the
-    1-based epoch of training, as in mdistiller: the objective's ``set_progress(fraction)``
-    gives ``epoch = floor(fraction * epochs) + 1`` with ``epochs`` the run's
-    ``trainer.epochs`` (set by ``build_objective``). Defaults (CIFAR-100): alpha 1, beta 8,
+    1-based data epoch of training, as in mdistiller: ``set_progress`` gives the loop's
+    0-based epoch ``e``, so ``epoch = e + 1``. Defaults (CIFAR-100): alpha 1, beta 8,
     T 4, warmup 20 epochs; ImageNet: T 1, warmup 1, beta 0.5.
     """
 
@@ -96,16 +97,10 @@ class DecoupledKD(LabelTerm):
         self.beta = check_range("beta", beta, 0.0)
         self.temperature = check_range("temperature", temperature, 0.0, low_open=True)
         self.warmup = check_range("warmup", warmup, 0.0, low_open=True)
-        self.epochs: Optional[float] = None  # total training epochs, for set_progress
-        self.epoch = math.inf  # the current 1-based epoch; inf = warm-up over
+        self.epoch = math.inf  # the current 1-based epoch; inf = warm-up over (outside training)
 
-    def set_training_epochs(self, epochs: float) -> None:
-        self.epochs = float(epochs)
-
-    def set_progress(self, fraction: float) -> None:
-        if self.epochs is None:
-            raise ValueError("dkd: set_training_epochs(epochs) before set_progress (build_objective does)")
-        self.epoch = math.floor(min(max(fraction, 0.0), 1.0) * self.epochs) + 1
+    def set_progress(self, fraction: float, epoch: int, epochs: int) -> None:
+        self.epoch = max(int(epoch), 0) + 1
 
     @property
     def warmup_factor(self) -> float:
@@ -201,7 +196,8 @@ class DEMD(LabelTerm):
     def __init__(self, target: str = "gold", frozen: bool = True, temperature: float = 1.0) -> None:
         super().__init__()
         self.target = check_choice("target", target, ("gold", "teacher"))
-        self.needs_labels = self.target == "gold"
+        if self.target == "teacher":  # the extension reads no labels
+            self.reads = LabelTerm.reads & ~Reads.LABELS
         self.frozen = bool(frozen)
         self.temperature = check_range("temperature", temperature, 0.0, low_open=True)
         self._source: Optional[Tensor] = None  # live embeddings (frozen=False)
@@ -225,7 +221,7 @@ class DEMD(LabelTerm):
 
     def forward(self, student_logits: Tensor, teacher_logits: Tensor, mask: Optional[Tensor] = None,
                 labels: Optional[Tensor] = None) -> Tensor:
-        check_class_inputs("demd", student_logits, teacher_logits, labels, self.needs_labels)
+        check_class_inputs("demd", student_logits, teacher_logits, labels, Reads.LABELS in self.reads)
         self.check_mask(mask, student_logits)
         E = self.embeddings()
         if E.shape[0] != student_logits.shape[-1]:

@@ -15,12 +15,13 @@ from kdlab.divergences.base import check_choice
 from kdlab.errors import ConfigError
 from kdlab.families.base import Outputs
 from kdlab.features import FEATURE_TERMS, LayerMatch, distance, layer_count
+from kdlab.terms import Reads
 
 
 class HiddenStatePairs(LayerMatch):
     """A term on the hidden states of both models (the teacher's detached by the term)."""
 
-    kind = "hidden_states"
+    reads = Reads.HIDDEN_STATES
 
     def hidden_pair(self, student: Outputs, teacher: Outputs) -> Tuple[tuple, tuple, torch.Tensor]:
         """``(student hidden states, teacher hidden states, the student's real tokens [B, L])``."""

@@ -6,7 +6,7 @@ A *filter* is a linear map (``nonlinear``: Linear-act-Linear) on the output of e
 ``n_layers // interval`` filters per model; teacher and student must get the same number.
 Teacher filters keep the teacher's width; student filters map to the teacher's width.
 
-- **Stage I** (``stage_one``): each filter gets its own pooler (dense on position 0, then
+- **Stage I** (``stage_one``, the term's declared pre-stage): each filter gets its own pooler (dense on position 0, then
   the model's pooler activation) and task head; the model is frozen and the filters are
   trained on ``mean_k task_loss(head_k(filter_k(h_k)))`` (CE, MSE for regression), teacher
   and student separately. The authors' students are task-fine-tuned before stage I
@@ -28,7 +28,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +44,7 @@ from kdlab.families.encoder import INPUTS
 from kdlab.features import FEATURE_TERMS, distance, layer_count
 from kdlab.methods.layers import HiddenStatePairs
 from kdlab.registry import check_types, type_hints
+from kdlab.terms import PreStage, StageContext
 
 log = logging.getLogger(__name__)
 
@@ -179,10 +180,15 @@ class TaskAwareFilters(HiddenStatePairs):
         self.student_bank: Optional[FilterBank] = None
         self.trained = False  # stage I done (or loaded)
 
-    def check_setting(self, task: Any, family: str) -> None:
-        if family != "encoder":
+    def check_setting(self, task: Any, family: Family) -> None:
+        super().check_setting(task, family)
+        if not family.class_logits:
             raise ConfigError(f"needs teacher.family=encoder: its stage I trains sequence-classification heads "
-                              f"on the filters (teacher.family={family})")
+                              f"on the filters (teacher.family={family.name})")
+
+    def pre_stages(self) -> Sequence[PreStage]:
+        """Stage I: the filters (and, with ``finetune_student``, the student) trained first."""
+        return (PreStage("ted_stage_one", lambda teacher, student, ctx: stage_one(self, teacher, student, ctx)),)
 
     def bind(self, teacher: torch.nn.Module, student: torch.nn.Module, stacks: Sequence[str]) -> None:
         stack = self.resolve_stack(stacks)
@@ -213,22 +219,6 @@ class TaskAwareFilters(HiddenStatePairs):
 
 
 # -- stage I ------------------------------------------------------------------------------
-@dataclass
-class StageContext:
-    """What stage I needs from the runner."""
-
-    family: Family
-    train_ds: Any
-    task: str
-    cache_dir: str
-    # the settings of ``fit`` that are not in the recipe but change what it trains (weight
-    # decay, clipping, precision, world size): part of the cache key
-    training: Dict[str, Any]
-    fit: Callable[[torch.nn.Module, Family, float, str], None]  # (model, family, lr, phase): trains model
-    is_main: Callable[[], bool]
-    barrier: Callable[[], None]
-
-
 def _key(who: str, model: torch.nn.Module, term: TaskAwareFilters, bank: FilterBank, data: str,
          ctx: StageContext) -> str:
     # the bank's initial weights (drawn when the term was bound) fix its shapes too
@@ -243,13 +233,14 @@ def _save(path: Path, state: Dict[str, Any]) -> None:
     os.replace(tmp, path)  # never a half-written entry
 
 
-def _train_bank(model: torch.nn.Module, bank: FilterBank, lr: float, phase: str, ctx: StageContext) -> None:
+def _train_bank(term: TaskAwareFilters, model: torch.nn.Module, bank: FilterBank, lr: float, phase: str,
+                ctx: StageContext) -> None:
     """Train ``bank`` on the frozen ``model`` (its trainable flags and mode restored after)."""
     flags, mode = [p.requires_grad for p in model.parameters()], model.training
     model.requires_grad_(False)
     bank.requires_grad_(True)
     try:
-        ctx.fit(FilterProbe(model, bank), ProbeFamily(ctx.family), lr, phase)
+        ctx.fit(FilterProbe(model, bank), ProbeFamily(ctx.family), term.recipe.loop(ctx.loop, lr), phase)
     finally:
         for p, flag in zip(model.parameters(), flags, strict=True):
             p.requires_grad_(flag)
@@ -269,7 +260,7 @@ def stage_one(term: TaskAwareFilters, teacher: torch.nn.Module, student: torch.n
         log.info("ted: cached teacher filters %s", path.name)
         term.teacher_bank.load_state_dict(torch.load(path, map_location="cpu"))
     else:
-        _train_bank(teacher, term.teacher_bank, term.recipe.teacher_lr, "ted_teacher_filters", ctx)
+        _train_bank(term, teacher, term.teacher_bank, term.recipe.teacher_lr, "ted_teacher_filters", ctx)
         if ctx.is_main():
             _save(path, term.teacher_bank.state_dict())
     term.teacher_bank.requires_grad_(False)
@@ -281,18 +272,12 @@ def stage_one(term: TaskAwareFilters, teacher: torch.nn.Module, student: torch.n
         term.student_bank.load_state_dict(state["bank"])
     else:
         if term.recipe.finetune_student:
-            ctx.fit(student, ctx.family, term.recipe.student_lr, "ted_student_finetune")
-        _train_bank(student, term.student_bank, term.recipe.student_lr, "ted_student_filters", ctx)
+            ctx.fit(student, ctx.family, term.recipe.loop(ctx.loop, term.recipe.student_lr), "ted_student_finetune")
+        _train_bank(term, student, term.student_bank, term.recipe.student_lr, "ted_student_filters", ctx)
         if ctx.is_main():
             _save(path, {"model": student.state_dict(), "bank": term.student_bank.state_dict()})
     ctx.barrier()
     term.trained = True
 
 
-def stage_one_terms(objective: torch.nn.Module) -> List[TaskAwareFilters]:
-    return [t.module for t in getattr(objective, "terms", []) if isinstance(t.module, TaskAwareFilters)
-            and t.weight > 0]
-
-
-__all__ = ["FilterBank", "FilterProbe", "StageContext", "StageOne", "TaskAwareFilters", "filter_layers",
-           "stage_one", "stage_one_terms"]
+__all__ = ["FilterBank", "FilterProbe", "StageOne", "TaskAwareFilters", "filter_layers", "stage_one"]

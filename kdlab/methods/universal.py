@@ -13,6 +13,8 @@ from torch import Tensor
 from kdlab.divergences import REGISTRY
 from kdlab.divergences.base import check_range, compute_dtype, no_autocast
 from kdlab.errors import ConfigError
+from kdlab.families.base import Family
+from kdlab.terms import LOGITS, LogitTerm, Reads
 
 
 def _left_aligned(z: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
@@ -31,7 +33,7 @@ def _left_aligned(z: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
 
 
 @REGISTRY.register("uld")
-class UniversalLogitDistillation(torch.nn.Module):
+class UniversalLogitDistillation(LogitTerm):
     """Sorted-probability L1 distance, the one term that allows different vocabularies.
 
     ``P_s = softmax(z_s / T_s)``, ``P_t = softmax(z_t / T_t)``, each sorted descending
@@ -53,7 +55,7 @@ class UniversalLogitDistillation(torch.nn.Module):
     drop the student's EOS answer token (a data choice, not part of this term).
     """
 
-    needs_teacher_mask = True
+    reads = LOGITS | Reads.TOKEN_MASK | Reads.TEACHER_MASK  # each model's own answer span
     cross_tokenizer = True  # teacher and student may have different tokenizers
     needs_class_distributions = True  # sorted softmax probabilities: all 1 on one output
 
@@ -62,8 +64,8 @@ class UniversalLogitDistillation(torch.nn.Module):
         self.student_temperature = check_range("student_temperature", student_temperature, 0.0, low_open=True)
         self.teacher_temperature = check_range("teacher_temperature", teacher_temperature, 0.0, low_open=True)
 
-    def check_setting(self, task: Any, family: str) -> None:
-        if family == "encoder":
+    def check_setting(self, task: Any, family: Family) -> None:
+        if family.class_logits:
             raise ConfigError("needs answer spans (each model's answer tokens): teacher.family=seq2seq or "
                               "causal; the encoder family's class logits have none")
 

@@ -8,6 +8,7 @@ from typing import Any
 from kdlab import choices
 from kdlab.choices import OnlineMethod, TeacherTerm, WeightFn
 from kdlab.errors import ConfigError
+from kdlab.families import get_family
 from kdlab.online.phase import PEER, PHASE, fit, split_dev
 
 __all__ = ["PEER", "PHASE", "check", "enabled", "fit", "split_dev"]
@@ -27,7 +28,7 @@ def check(cfg: Any) -> None:
         return
     if o.temperature <= 0:
         raise ConfigError(f"online.temperature={o.temperature} must be > 0")
-    if cfg.teacher.family != "encoder":
+    if not get_family(cfg.teacher.family).class_logits:
         raise ConfigError(f"online.method={o.method} needs class logits: teacher.family=encoder "
                           f"(got {cfg.teacher.family})")
     if cfg.divergence.name != "none" or cfg.objective.alpha != 0 or cfg.objective.terms:

@@ -14,6 +14,7 @@ from divtools import logits
 from kdlab.divergences import chunked, get, names
 from kdlab.divergences.base import LogitDivergence
 from kdlab.families.tokens import token_cross_entropy
+from kdlab.terms import Reads
 
 PARAMS = {"js": {"beta": 0.3}, "alpha": {"alpha": -1.5}, "skew_kl": {"skew": 0.2},
           "skew_rkl": {"skew": 0.2}, "fdiv": {"generator": "js", "param": 0.4}}
@@ -24,7 +25,7 @@ def token_members():
     out = []
     for name in names():
         div = get(name, **PARAMS.get(name, {}))
-        if isinstance(div, LogitDivergence) and not getattr(div, "needs_labels", False):
+        if isinstance(div, LogitDivergence) and Reads.LABELS not in div.reads:
             out.append(name)
     return out
 

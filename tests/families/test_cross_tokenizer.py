@@ -100,19 +100,19 @@ def test_uld_between_different_tokenizers_trains_the_student(cross):
 def test_pair_check_allows_different_tokenizers_only_for_terms_that_can_use_them(cross):
     family, teacher, student, _ = cross
     uld_only = Objective(1.0, [Term("uld", 1.5, get_divergence("uld"))])
-    check_pair(teacher, student, 2, family.name, uld_only.shared_tokenizer_terms(family.name))
+    check_pair(teacher, student, 2, family.name, uld_only.shared_tokenizer_terms(family))
     with_kd = Objective(0.5, [Term("kd", 0.5, get_divergence("kd")), Term("uld", 1.5, get_divergence("uld"))])
     with pytest.raises(ConfigError, match=r"different tokenizers.*objective term\(s\) kd need a shared tokenizer"
                                           r".*divergence=uld"):
-        check_pair(teacher, student, 2, family.name, with_kd.shared_tokenizer_terms(family.name))
+        check_pair(teacher, student, 2, family.name, with_kd.shared_tokenizer_terms(family))
 
 
 def test_encoder_class_logits_allow_different_tokenizers_but_feature_terms_do_not():
     kd = build_objective(compose_config(["experiment=smoke"]))
-    assert kd.shared_tokenizer_terms("encoder") == []
+    assert kd.shared_tokenizer_terms(get_family("encoder")) == []
     cos = build_objective(compose_config(["experiment=methods/cpu/distilbert"]))
-    assert cos.shared_tokenizer_terms("encoder") == ["cos"]
-    assert build_objective(compose_config(["experiment=smoke_causal"])).shared_tokenizer_terms("causal") \
+    assert cos.shared_tokenizer_terms(get_family("encoder")) == ["cos"]
+    assert build_objective(compose_config(["experiment=smoke_causal"])).shared_tokenizer_terms(get_family("causal")) \
         == ["kd", "kl"]
 
 

@@ -10,6 +10,7 @@ import torch
 
 from kdlab.divergences import get
 from kdlab.methods import LABEL_TERMS
+from kdlab.terms import Reads
 
 torch.manual_seed(0)
 
@@ -166,12 +167,12 @@ def test_dkd_by_hand():
 
 def test_dkd_warmup_factor():
     dkd = LABEL_TERMS.build("dkd", warmup=20)
-    dkd.set_training_epochs(240)
     z_s, z_t, y = logits(4, 5), logits(4, 5), torch.tensor([0, 3, 1, 4])
-    dkd.set_progress(1.0)
+    dkd.set_progress(1.0, 239, 240)
     full = dkd(z_s, z_t, labels=y)
-    for fraction, epoch in [(0.0, 1), (0.5 / 240, 1), (4.2 / 240, 5), (19.5 / 240, 20), (0.5, 121)]:
-        dkd.set_progress(fraction)
+    for fraction, data_epoch, epoch in [(0.0, 0, 1), (0.5 / 240, 0, 1), (4.2 / 240, 4, 5), (19.5 / 240, 19, 20),
+                                        (0.5, 120, 121)]:
+        dkd.set_progress(fraction, data_epoch, 240)  # mdistiller's 1-based epoch: the loop's 0-based one + 1
         assert dkd.epoch == epoch and dkd.warmup_factor == min(epoch / 20, 1.0)
         torch.testing.assert_close(dkd(z_s, z_t, labels=y), min(epoch / 20, 1.0) * full)
 
@@ -364,7 +365,7 @@ def test_demd_teacher_target_extension():
     E = torch.randn(4, 3, dtype=torch.float64)
     z_s, z_t = logits(3, 4), logits(3, 4)
     demd = LABEL_TERMS.build("demd", target="teacher")
-    assert not demd.needs_labels
+    assert Reads.LABELS not in demd.reads and Reads.LABELS in LABEL_TERMS.build("demd").reads
     demd.set_embeddings(E)
     e = [unit(r) for r in E.tolist()]
     rows = []

@@ -77,21 +77,22 @@ def test_feature_term_for_different_widths_fails_before_training():
 
 def test_objective_passes_labels_and_progress():
     dkd = LABEL_TERMS.build("dkd", warmup=2)
-    dkd.set_training_epochs(4)
     objective = Objective(1.0, [Term("dkd", 1.0, dkd)])
     z_s, z_t, y = torch.randn(3, 4), torch.randn(3, 4), torch.tensor([0, 2, 3])
     with pytest.raises(ValueError, match="needs gold labels"):
         objective(Outputs(z_s), torch.tensor(0.0), Outputs(z_t))
-    objective.set_progress(0.0)  # epoch 1 of 4: factor 1/2
+    objective.set_progress(0.0, 0, 4)  # epoch 1 of 4: factor 1/2
     half = objective(Outputs(z_s), torch.tensor(0.0), Outputs(z_t), labels=y)[1]["dkd"]
-    objective.set_progress(0.5)  # epoch 3: factor 1
+    objective.set_progress(0.5, 2, 4)  # epoch 3: factor 1
     full = objective(Outputs(z_s), torch.tensor(0.0), Outputs(z_t), labels=y)[1]["dkd"]
     torch.testing.assert_close(half, 0.5 * full)
 
 
-def test_build_objective_sets_dkd_epochs():
+def test_dkd_warms_up_over_the_loops_data_epochs():
+    """DKD's epoch is the loop's (mdistiller counts real epochs), not a fraction of trainer.epochs."""
     objective = build_objective(compose_config(["experiment=methods/dkd", "trainer.epochs=5"]))
-    assert objective.terms[0].module.epochs == 5.0
+    objective.set_progress(0.9, 1, 2)  # a max_steps run spanning 2 data epochs, in its second
+    assert objective.terms[0].module.epoch == 2
 
 
 @pytest.mark.parametrize("preset", [

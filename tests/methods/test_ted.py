@@ -6,11 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from kdlab.config import LoopConfig
 from kdlab.errors import ConfigError
 from kdlab.families import get_family
 from kdlab.features import FEATURE_TERMS
-from kdlab.methods.ted import FilterProbe, ProbeFamily, StageContext, filter_layers, stage_one
+from kdlab.methods.ted import FilterProbe, ProbeFamily, filter_layers, stage_one
 from kdlab.objective import build_objective, fine_tune_objective
+from kdlab.terms import StageContext
 from kdlab.tracking import NullTracker
 from kdlab.trainer import LoopSettings, train
 from tests.conftest import compose_config
@@ -140,12 +142,13 @@ def test_probe_loss_is_the_mean_over_filters():
 def context(tmp_path, calls):
     ds = TinyDataset()
 
-    def fit(model, family, lr, phase):
+    def fit(model, family, loop, phase):
         calls.append(phase)
-        settings = LoopSettings(epochs=1, max_steps=3, batch_size=4, lr=lr, progress=False)
+        settings = LoopSettings(epochs=1, max_steps=3, batch_size=4, lr=loop.lr, progress=False)
         train(model, ds, family, fine_tune_objective(), settings, NullTracker(), phase, torch.device("cpu"))
 
     return StageContext(family=get_family("encoder"), train_ds=ds, task="glue/sst2", cache_dir=str(tmp_path),
+                        loop=LoopConfig(),
                         training={"weight_decay": 0.0, "max_grad_norm": 1.0, "precision": "fp32", "world_size": 1},
                         fit=fit, is_main=lambda: True, barrier=lambda: None)
 
