@@ -262,6 +262,7 @@ def build_objective(cfg: Config) -> Objective:
             term.module.check_setting(task, family)
         except ConfigError as e:
             raise ConfigError(f"{term.key} ({term.name}): {e}") from None
+        term.module.set_training_epochs(cfg.trainer.epochs)
     check_single_output(terms, task, family)
     ce_weight = 1.0 - obj.alpha if obj.ce_weight is None else obj.ce_weight
     check_weight("objective.ce_weight", ce_weight)

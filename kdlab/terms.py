@@ -20,7 +20,8 @@ and may override these hooks, all no-ops by default:
 - ``bind(teacher, student, stacks)``: check the pair of models, create trainable
   parameters (trained with the student: the objective is part of the optimised module);
 - ``set_progress(fraction, epoch, epochs)``: a schedule (KD's annealed temperature, DKD's
-  warm-up);
+  warm-up); ``set_training_epochs(epochs)`` gives it the configured ``trainer.epochs``
+  first, for a schedule counted in configured epochs (DKD);
 - ``check_setting(task, family)``: preconditions on the task and the model family's
   declared capabilities, checked before any model is loaded;
 - ``pre_stages()``: stages that train something before distillation (TED's stage I); the
@@ -115,6 +116,10 @@ class Term(torch.nn.Module):
     def bind(self, teacher: torch.nn.Module, student: torch.nn.Module, stacks: Sequence[str]) -> None:
         """Check the models and create the term's trainable parameters (``stacks``: the
         family's stacks, see ``Family.stacks``)."""
+        return None
+
+    def set_training_epochs(self, epochs: float) -> None:
+        """The configured length of training, ``trainer.epochs`` (before ``set_progress``)."""
         return None
 
     def set_progress(self, fraction: float, epoch: int, epochs: int) -> None:

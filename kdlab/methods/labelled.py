@@ -85,8 +85,9 @@ class DecoupledKD(LabelTerm):
       ``ce_w * CE`` of the paper is the objective's CE term (``objective.ce_weight``).
 
     Teacher first (reference) in both KLs; the teacher is detached. ``epoch`` is the
-    1-based data epoch of training, as in mdistiller: ``set_progress`` gives the loop's
-    0-based epoch ``e``, so ``epoch = e + 1``. Defaults (CIFAR-100): alpha 1, beta 8,
+    1-based epoch of training, as in mdistiller: ``set_progress(fraction, ...)`` gives
+    ``epoch = floor(fraction * epochs) + 1`` with ``epochs`` the run's ``trainer.epochs``
+    (``set_training_epochs``, called by ``build_objective``). Defaults (CIFAR-100): alpha 1, beta 8,
     T 4, warmup 20 epochs; ImageNet: T 1, warmup 1, beta 0.5.
     """
 
@@ -97,10 +98,16 @@ class DecoupledKD(LabelTerm):
         self.beta = check_range("beta", beta, 0.0)
         self.temperature = check_range("temperature", temperature, 0.0, low_open=True)
         self.warmup = check_range("warmup", warmup, 0.0, low_open=True)
+        self.epochs: Optional[float] = None  # trainer.epochs, for set_progress
         self.epoch = math.inf  # the current 1-based epoch; inf = warm-up over (outside training)
 
+    def set_training_epochs(self, epochs: float) -> None:
+        self.epochs = float(epochs)
+
     def set_progress(self, fraction: float, epoch: int, epochs: int) -> None:
-        self.epoch = max(int(epoch), 0) + 1
+        if self.epochs is None:
+            raise ValueError("dkd: set_training_epochs(epochs) before set_progress (build_objective does)")
+        self.epoch = math.floor(min(max(fraction, 0.0), 1.0) * self.epochs) + 1
 
     @property
     def warmup_factor(self) -> float:

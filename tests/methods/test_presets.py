@@ -77,6 +77,7 @@ def test_feature_term_for_different_widths_fails_before_training():
 
 def test_objective_passes_labels_and_progress():
     dkd = LABEL_TERMS.build("dkd", warmup=2)
+    dkd.set_training_epochs(4)
     objective = Objective(1.0, [Term("dkd", 1.0, dkd)])
     z_s, z_t, y = torch.randn(3, 4), torch.randn(3, 4), torch.tensor([0, 2, 3])
     with pytest.raises(ValueError, match="needs gold labels"):
@@ -88,11 +89,9 @@ def test_objective_passes_labels_and_progress():
     torch.testing.assert_close(half, 0.5 * full)
 
 
-def test_dkd_warms_up_over_the_loops_data_epochs():
-    """DKD's epoch is the loop's (mdistiller counts real epochs), not a fraction of trainer.epochs."""
+def test_build_objective_sets_dkd_epochs():
     objective = build_objective(compose_config(["experiment=methods/dkd", "trainer.epochs=5"]))
-    objective.set_progress(0.9, 1, 2)  # a max_steps run spanning 2 data epochs, in its second
-    assert objective.terms[0].module.epoch == 2
+    assert objective.terms[0].module.epochs == 5.0
 
 
 @pytest.mark.parametrize("preset", [
