@@ -40,11 +40,12 @@ from omegaconf import OmegaConf
 from kdlab.choices import Combine
 from kdlab.data import get_task
 from kdlab.errors import ConfigError
-from kdlab.families.base import Outputs
-from kdlab.methods import ted
+from kdlab.families import get_family
+from kdlab.families.base import Family, Outputs
 from kdlab.models import TEACHERS, Loaded
 from kdlab.objective import Objective, needs_class_distributions
 from kdlab.teacher_outputs import CachedTeacher
+from kdlab.terms import PreStage
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ def check(cfg: Any) -> None:
                 f"set teacher.{key} to the entry's value (or change the entry)")
     for m in ms:
         TEACHERS.get(m.cfg.name)
-        if m.cfg.family != "encoder":
+        if not get_family(m.cfg.family).class_logits:
             raise ConfigError(f"teachers.{m.name}.family={m.cfg.family}: several teachers are supported in the "
                               "encoder family only (class logits); use one teacher for the token families")
     if cfg.online.method != "none":
@@ -121,7 +122,7 @@ def check_objective(cfg: Any, objective: Objective) -> None:
     """Refuse terms that several teachers cannot serve (before any model is loaded)."""
     if not enabled(cfg):
         return
-    bound = sorted(objective.features) + [type(t).__name__ for t in ted.stage_one_terms(objective)]
+    bound = sorted(objective.features) + [stage.name for stage in objective.pre_stages()]
     if bound:
         raise ConfigError(f"several teachers: the objective has terms bound to one teacher's model "
                           f"({', '.join(bound)}); use logit terms only, or one teacher")
@@ -186,8 +187,11 @@ class SumObjective(torch.nn.Module):
     def features(self) -> Any:
         return self.objective.features
 
-    def shared_tokenizer_terms(self, family: str) -> List[str]:
+    def shared_tokenizer_terms(self, family: Family) -> List[str]:
         return self.objective.shared_tokenizer_terms(family)
+
+    def pre_stages(self) -> List[PreStage]:
+        return self.objective.pre_stages()
 
     def bind(self, teacher: torch.nn.Module, student: torch.nn.Module, stacks: Sequence[str]) -> None:
         self.objective.bind(teacher, student, stacks)

@@ -58,7 +58,9 @@ class Reads(enum.Flag):
     TEACHER_LOGITS = enum.auto()
     TOKEN_MASK = enum.auto()  # the student's distilled positions [B, T] (None for class logits)
     TEACHER_MASK = enum.auto()  # the teacher's own answer span, in its own tokenisation
-    LABELS = enum.auto()  # gold labels [B]; the term sees only the rows that have one
+    # gold labels [B]; rows without one (transfer examples) are dropped by the student's
+    # mask, which is then the [B] row mask has_label (and'd with the token mask if read)
+    LABELS = enum.auto()
     HIDDEN_STATES = enum.auto()
     ATTENTIONS = enum.auto()
 

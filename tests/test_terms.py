@@ -65,14 +65,15 @@ def test_an_unweighted_feature_term_asks_for_nothing():
     assert objective.features == frozenset()
 
 
-def test_label_terms_see_only_the_labelled_rows():
+def test_label_terms_get_the_labelled_rows_as_their_row_mask():
     spy = Spy(LOGITS | Reads.LABELS)
     objective = Objective(0.0, [WeightedTerm("lab", 1.0, spy)])
     student, teacher = Outputs(torch.randn(3, 4)), Outputs(torch.randn(3, 4))
-    objective(student, torch.zeros(()), teacher, labels=torch.tensor([0, 1, 2]),
-              has_label=torch.tensor([True, False, True]))
+    has_label = torch.tensor([True, False, True])
+    objective(student, torch.zeros(()), teacher, labels=torch.tensor([0, 7, 2]), has_label=has_label)
     (s, t, labels), = spy.seen
-    assert labels.tolist() == [0, 2] and s.logits.shape == (2, 4) and t.logits.shape == (2, 4)
+    assert s.mask is has_label and t.mask is None  # rows masked on the device, not selected
+    assert labels.tolist() == [0, 0, 2] and s.logits.shape == (3, 4)  # a transfer row's label is never read
 
 
 def test_unknown_term_name_lists_the_valid_names_of_every_kind():
