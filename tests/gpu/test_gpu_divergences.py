@@ -32,7 +32,7 @@ def value_and_grad(name: str, device: torch.device, dtype: torch.dtype, masked: 
     m = None if mask is None else mask.to(device)
     module = divergences.get(name).to(device)
     # the objective's own call: passes labels and the teacher's mask to the terms that read them
-    out = Objective._term(module, Outputs(s, m), Outputs(t, m), s, t, labels.to(device))
+    out = Objective._term(module, Outputs(s, m), Outputs(t, m), s, t, labels.to(device), None)
     out.backward()
     return out.detach().double().cpu(), s.grad.double().cpu()
 
