@@ -17,8 +17,9 @@ and a "converged" flag there; once the flag is set the potentials are frozen
 (``torch.where``), so the result, the iteration count and the last change are exactly
 those of a loop that stops at the converging iteration. The host reads the flag only
 every ``CHECK_EVERY`` iterations (running at most ``CHECK_EVERY - 1`` frozen iterations
-past convergence), and never with ``tol=0`` (a fixed ``max_iter`` iterations, no read at
-all). The plain-kernel test below needs no read when the points are probability vectors
+past convergence), every iteration for problems over ``CHECK_EVERY_MAX_COSTS`` costs
+(where an iteration costs more than a read), and never with ``tol=0`` (a fixed
+``max_iter`` iterations, no read at all). The plain-kernel test below needs no read when the points are probability vectors
 (``SIMPLEX_COST_BOUND``); the diagnostics (``stats``) stay on the device until logged.
 
 The potentials are kept in the log domain. When the whole kernel ``exp(-C / eps)`` is
@@ -61,6 +62,8 @@ PLAIN_KERNEL_MAX = 30.0  # max C / eps for which exp(-C / eps) is used directly
 # Iterations between host reads of the convergence flag: fewer reads, at the price of at
 # most CHECK_EVERY - 1 frozen iterations past convergence per problem.
 CHECK_EVERY = 5
+# Past this many costs (N x M) an iteration outweighs a read: the flag is read every iteration.
+CHECK_EVERY_MAX_COSTS = 2**22
 # The largest cost between probability vectors (norms |x|_1 = 1 and |x|_2 <= 1, triangle
 # inequality), SinKD's points: a bound known without reading the points.
 SIMPLEX_COST_BOUND = {"l1": 2.0, "euclidean": 2.0, "sqeuclidean": 2.0}
@@ -115,7 +118,9 @@ Step = Callable[[Tuple[Tensor, ...]], Tuple[Tuple[Tensor, ...], Tensor]]
 def iterate(step: Step, state: Tuple[Tensor, ...], max_iter: int, tol: float) -> Tuple[Tuple[Tensor, ...], Tensor, Tensor]:
     """``(state, iterations, last change)`` of ``step`` repeated until its change is below
     ``tol``, at most ``max_iter`` times, deciding on the device (module docstring): the
-    iteration count and change are 0-dim tensors."""
+    iteration count and change are 0-dim tensors. ``state[0] [N]`` and ``state[1] [M]``
+    size the problem (``CHECK_EVERY_MAX_COSTS``)."""
+    every = CHECK_EVERY if state[0].shape[0] * state[1].shape[0] <= CHECK_EVERY_MAX_COSTS else 1
     done = torch.zeros((), dtype=torch.bool, device=state[0].device)
     iters = torch.zeros((), dtype=torch.long, device=state[0].device)
     change = torch.full((), math.inf, dtype=state[0].dtype, device=state[0].device)
@@ -125,7 +130,7 @@ def iterate(step: Step, state: Tuple[Tensor, ...], max_iter: int, tol: float) ->
         change = torch.where(done, change, step_change.detach())
         iters = iters + (~done)
         done = done | (step_change.detach() < tol)
-        if tol > 0 and i % CHECK_EVERY == 0 and i < max_iter and bool(done):  # the one host read
+        if tol > 0 and i % every == 0 and i < max_iter and bool(done):  # the one host read
             break
     return state, iters, change
 

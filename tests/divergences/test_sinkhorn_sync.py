@@ -52,6 +52,15 @@ def test_a_tolerance_reads_the_flag_every_few_iterations_and_tol_zero_never():
     assert int(fixed.last_stats["iterations"]) == 40
 
 
+def test_large_problems_read_the_flag_every_iteration(monkeypatch):
+    """Past CHECK_EVERY_MAX_COSTS an iteration costs more than a read: no frozen iterations."""
+    z_s, z_t = logits(16, 3, seed=5).requires_grad_(True), logits(16, 3, seed=6)
+    div = get("sinkhorn", mode="sound", tol=1e-6, max_iter=500, backend="dense", debias=False)
+    monkeypatch.setattr(kot, "CHECK_EVERY_MAX_COSTS", 16 * 16 - 1)
+    seen = syncs(lambda: div(z_s, z_t))
+    assert len(seen) == int(div.last_stats["iterations"])  # one read per iteration, the last one converged
+
+
 def test_faithful_mode_and_its_diagnostics_read_nothing():
     z_s, z_t = logits(16, 3, seed=7).requires_grad_(True), logits(16, 3, seed=8)
     div = get("sinkhorn", mode="faithful")
