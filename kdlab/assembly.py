@@ -185,7 +185,7 @@ class Experiment:
         student = STUDENTS.get(self.cfg.student.name)(self.cfg.student, teacher, self.task.num_labels, self.family)
         for name, each in (teachers or {"": teacher}).items():
             try:
-                check_pair(each, student, self.task.num_labels, self.family.name, self.needs_shared)
+                check_pair(each, student, self.task.num_labels, self.family, self.needs_shared)
             except ConfigError as e:
                 raise ConfigError(f"teachers.{name}: {e}" if name else str(e)) from None
         on_policy.check_tokenizers(self.cfg, teacher.tokenizer, student.tokenizer)
@@ -229,7 +229,7 @@ class Experiment:
         student = STUDENTS.get(self.cfg.student.name)(self.cfg.student, teacher, self.task.num_labels, self.family)
         objective, family = (self.objective, self.distill_family) if outputs is not None \
             else (fine_tune_objective(), self.family)
-        check_pair(teacher, student, self.task.num_labels, self.family.name,
+        check_pair(teacher, student, self.task.num_labels, self.family,
                    objective.shared_tokenizer_terms(self.family))
         self.family.bind_tokenizer(student.model, student.tokenizer)
         objective.bind(teacher.model, student.model, self.family.stacks)

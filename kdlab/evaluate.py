@@ -183,7 +183,7 @@ def parse(argv: Sequence[str], prog: str) -> Request:
 
 def check_head(req: Request) -> None:
     """A classifier's head must have the task's label count (before loading anything)."""
-    if req.family != "encoder":
+    if not get_family(req.family).class_logits:
         return
     from transformers import AutoConfig
 

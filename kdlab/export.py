@@ -35,6 +35,7 @@ import torch
 import kdlab
 from kdlab.data import TaskSpec
 from kdlab.data import prompts as prompt_templates
+from kdlab.families import get_family
 from kdlab.metadata import git_commit
 
 SIDECAR = "kdlab_model.json"
@@ -51,7 +52,7 @@ ROLES = {"student": "the distilled student", "baseline_student": "the student tr
 def prepare(model: torch.nn.Module, tokenizer: Any, family: str, task: TaskSpec) -> None:
     """Make ``model`` what a plain transformers user needs: label names on a classifier,
     an embedding no larger than the tokenizer on a language model (see the module doc)."""
-    if family == "encoder":
+    if get_family(family).class_logits:
         config = model.config
         if task.is_regression:
             config.problem_type = "regression"
@@ -73,7 +74,7 @@ def sidecar(role: str, family: str, task: TaskSpec, cfg: Any, dev: Mapping[str, 
         "dataset": {k: cfg.dataset[k] for k in DATASET_KEYS}, "seed": cfg.seed, "dev": dict(dev),
         "kdlab_version": kdlab.__version__, "git_commit": git_commit(),
     }
-    if family != "encoder":
+    if not get_family(family).class_logits:  # the token families score answers to a prompt
         tpl = prompt_templates.template(task.name, family)
         out["prompt"] = {"input": tpl.input, "targets": list(tpl.targets), "choice": tpl.choice}
     return out

@@ -34,6 +34,7 @@ from kdlab.batching import loader
 from kdlab.choices import OnPolicySchedule
 from kdlab.config import OnPolicyConfig
 from kdlab.errors import ConfigError
+from kdlab.families import get_family
 from kdlab.families import tokens as tk
 from kdlab.families.base import Batch, Family
 from kdlab.families.generation import Sampling, select_rows
@@ -64,7 +65,7 @@ def check(cfg: Any) -> None:
     if op.max_new_tokens < 1:
         raise ConfigError(f"{KEY}.max_new_tokens={op.max_new_tokens}: must be >= 1")
     on = f"{KEY}.lmbda={op.lmbda}" if op.schedule == "fixed" else f"{KEY}.schedule=adaptive"
-    if cfg.teacher.family == "encoder":
+    if get_family(cfg.teacher.family).class_logits:
         raise ConfigError(f"{on} samples answers from the student: it needs teacher.family=seq2seq or causal "
                           f"(the encoder family predicts classes, it generates nothing); set {KEY}.lmbda=0")
     if token_cache.enabled(cfg):

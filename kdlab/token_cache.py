@@ -44,6 +44,7 @@ from kdlab.batching import teacher_batch
 from kdlab.divergences.base import compute_dtype
 from kdlab.divergences.sparse import SparseTeacher
 from kdlab.errors import ConfigError, DataError
+from kdlab.families import get_family
 from kdlab.families.base import Family, Outputs
 from kdlab.precision import autocast
 
@@ -55,7 +56,7 @@ UINT16_VOCAB = 1 << 16
 
 def enabled(cfg: Any) -> bool:
     """Whether ``cfg`` asks for the top-k token cache (a token family, caching on, k set)."""
-    return (cfg.teacher.family != "encoder" and bool(cfg.trainer.cache_teacher_outputs)
+    return (not get_family(cfg.teacher.family).class_logits and bool(cfg.trainer.cache_teacher_outputs)
             and cfg.trainer.teacher_cache.top_k is not None)
 
 
@@ -75,7 +76,7 @@ def check(cfg: Any, objective: Any) -> Optional[float]:
         raise ConfigError(f"trainer.teacher_cache.top_k={top_k}: must be >= 1 (or null: no top-k cache)")
     if int(cfg.trainer.teacher_cache.shard_tokens) < 1:
         raise ConfigError(f"trainer.teacher_cache.shard_tokens={cfg.trainer.teacher_cache.shard_tokens}: must be >= 1")
-    if cfg.teacher.family == "encoder":
+    if get_family(cfg.teacher.family).class_logits:
         raise ConfigError("trainer.teacher_cache.top_k applies to the seq2seq and causal families; the encoder "
                           "family caches its class logits whole. Set trainer.teacher_cache.top_k=null")
     if not enabled(cfg):

@@ -11,7 +11,7 @@ from kdlab.config import Config, LoopConfig
 from kdlab.config_keys import check_known_keys
 from kdlab.data import get_task
 from kdlab.errors import ConfigError
-from kdlab.families import FAMILIES, get_family
+from kdlab.families import FAMILIES, Family, get_family
 from kdlab.models import STUDENTS, TEACHERS, Loaded
 
 
@@ -74,11 +74,11 @@ def _not_evaluated(node: str, loop: Any) -> None:
                               f"{getattr(defaults, key)} and evaluate the teacher with kdlab-eval")
 
 
-def check_pair(teacher: Loaded, student: Loaded, num_labels: int, family: str = "encoder",
+def check_pair(teacher: Loaded, student: Loaded, num_labels: int, family: Family,
                needs_shared: Optional[Sequence[str]] = None) -> None:
     """Reject a teacher/student pair whose outputs cannot be compared (``needs_shared``:
     the objective terms that need a shared tokenizer, ``None`` for all)."""
-    if family == "encoder":  # the generative families score text with their LM heads
+    if family.class_logits:  # the generative families score text with their LM heads
         t_labels = teacher.model.config.num_labels
         s_labels = student.model.config.num_labels
         if t_labels != s_labels or t_labels != num_labels:

@@ -100,11 +100,11 @@ def test_uld_between_different_tokenizers_trains_the_student(cross):
 def test_pair_check_allows_different_tokenizers_only_for_terms_that_can_use_them(cross):
     family, teacher, student, _ = cross
     uld_only = Objective(1.0, [Term("uld", 1.5, get_divergence("uld"))])
-    check_pair(teacher, student, 2, family.name, uld_only.shared_tokenizer_terms(family))
+    check_pair(teacher, student, 2, family, uld_only.shared_tokenizer_terms(family))
     with_kd = Objective(0.5, [Term("kd", 0.5, get_divergence("kd")), Term("uld", 1.5, get_divergence("uld"))])
     with pytest.raises(ConfigError, match=r"different tokenizers.*objective term\(s\) kd need a shared tokenizer"
                                           r".*divergence=uld"):
-        check_pair(teacher, student, 2, family.name, with_kd.shared_tokenizer_terms(family))
+        check_pair(teacher, student, 2, family, with_kd.shared_tokenizer_terms(family))
 
 
 def test_encoder_class_logits_allow_different_tokenizers_but_feature_terms_do_not():

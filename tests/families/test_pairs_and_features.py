@@ -31,14 +31,14 @@ def other_tokenizer() -> PreTrainedTokenizerFast:
 def test_different_tokenizer_is_rejected(pair: Pair):
     student = Loaded(pair.student.model, other_tokenizer(), "other")
     with pytest.raises(ConfigError, match="different tokenizers.*need a shared tokenizer"):
-        check_pair(pair.teacher, student, 2, pair.family.name)
+        check_pair(pair.teacher, student, 2, pair.family)
 
 
 def test_student_vocabulary_smaller_than_tokenizer_is_rejected(pair: Pair):
     model = copy.deepcopy(pair.student.model)
     model.config.vocab_size = 1000
     with pytest.raises(ConfigError, match="vocabulary of 1000 tokens, smaller than its tokenizer's 30522"):
-        check_pair(pair.teacher, Loaded(model, pair.teacher.tokenizer, "small"), 2, pair.family.name)
+        check_pair(pair.teacher, Loaded(model, pair.teacher.tokenizer, "small"), 2, pair.family)
 
 
 def test_pretrained_student_checked_before_any_training(pair: Pair, tmp_path):
@@ -60,7 +60,7 @@ def test_padded_vocabulary_is_sliced(pair: Pair):
     assert out.logits.shape[-1] == 30522
     model = copy.deepcopy(pair.student.model)
     model.resize_token_embeddings(30522)  # an unpadded student with the same tokenizer is compatible
-    check_pair(pair.teacher, Loaded(model, pair.teacher.tokenizer, "unpadded"), 2, pair.family.name)
+    check_pair(pair.teacher, Loaded(model, pair.teacher.tokenizer, "unpadded"), 2, pair.family)
 
 
 def features_objective(pair: Pair, loss: str) -> Objective:
