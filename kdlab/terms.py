@@ -14,6 +14,7 @@ parameters decide):
 - ``cross_tokenizer``: it works when teacher and student tokenise differently (ULD);
 - ``takes_sparse_teacher``: it can read a teacher stored as top-k log-probabilities
   (``kdlab.token_cache``);
+- ``last_stats``: diagnostics of its latest call, logged by the trainer (None: none);
 
 and may override these hooks, all no-ops by default:
 
@@ -114,6 +115,9 @@ class Term(torch.nn.Module):
     needs_class_distributions: bool = True
     cross_tokenizer: bool = False
     takes_sparse_teacher: bool = False
+    # diagnostics of the latest call (Sinkhorn's iterations, transport cost, ...): the
+    # trainer logs the numbers among them as ``<phase>/<term>/<key>`` at logging steps
+    last_stats: Optional[Dict[str, Any]] = None
 
     def bind(self, teacher: torch.nn.Module, student: torch.nn.Module, stacks: Sequence[str]) -> None:
         """Check the models and create the term's trainable parameters (``stacks``: the

@@ -297,7 +297,7 @@ def train(
                 if not math.isnan(agree):  # no common classes: nothing to report
                     row[f"{phase}/agreement"] = agree
                 for term in objective.terms:
-                    for k, v in (getattr(term.module, "last_stats", None) or {}).items():
+                    for k, v in (term.module.last_stats or {}).items():
                         if isinstance(v, (int, float, torch.Tensor)):  # not labels such as the backend
                             row[f"{phase}/{term.name}/{k}"] = float(v)
                 tracker.log(row)
