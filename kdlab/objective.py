@@ -123,7 +123,7 @@ class Objective(torch.nn.Module):
                 raise ValueError("the objective has distillation terms but no teacher outputs")
             z_t = teacher.logits.float().detach()
             for term in self.weighted():
-                value = _value(term.module, replace(student, logits=z_s), replace(teacher, logits=z_t),
+                value = term_value(term.module, replace(student, logits=z_s), replace(teacher, logits=z_t),
                                labels, has_label)
                 parts[term.name] = value
                 total = total + term.weight * value
@@ -144,9 +144,10 @@ def view(out: Outputs, reads: Reads, logits: Reads, mask: Reads) -> Outputs:
     )
 
 
-def _value(module: term_protocol.Term, student: Outputs, teacher: Outputs, labels: Optional[torch.Tensor],
+def term_value(module: term_protocol.Term, student: Outputs, teacher: Outputs, labels: Optional[torch.Tensor],
            has_label: Optional[torch.Tensor]) -> torch.Tensor:
-    """One term's value from the views of both models that it declared it reads."""
+    """One term's value from the views of both models that it declared it reads (the
+    objective's own call, per weighted term)."""
     reads = module.reads
     s = view(student, reads, Reads.STUDENT_LOGITS, Reads.TOKEN_MASK)
     t = view(teacher, reads, Reads.TEACHER_LOGITS, Reads.TEACHER_MASK)
