@@ -30,14 +30,12 @@ from kdlab.config import DatasetConfig, HardwareConfig
 from kdlab.data import TaskSpec, get_task, load_split, score
 from kdlab.errors import ConfigError, DataError
 from kdlab.export import SIDECAR, read_sidecar
-from kdlab.families import Family, get_family
+from kdlab.families import FAMILIES, Family, get_family
 from kdlab.families.base import Predictions
 from kdlab.tracking import write_json_atomic
 
 EVAL_FILE = "eval.json"
 BATCH_SIZE = 64
-ARCHITECTURE_SUFFIXES = (("ForSequenceClassification", "encoder"), ("ForConditionalGeneration", "seq2seq"),
-                         ("ForCausalLM", "causal"))
 
 
 def split_metrics(family: Family, task: str, model: torch.nn.Module, evals: Dict[str, Any], batch_size: int,
@@ -115,9 +113,9 @@ def family_of(path: Path, meta: Optional[Dict[str, Any]]) -> str:
     from transformers import AutoConfig
 
     archs = AutoConfig.from_pretrained(path).architectures or []
-    for suffix, family in ARCHITECTURE_SUFFIXES:
-        if any(a.endswith(suffix) for a in archs):
-            return family
+    for name in FAMILIES.names():
+        if any(a.endswith(get_family(name).architecture_suffix) for a in archs):
+            return name
     raise ConfigError(f"{path}: cannot tell the model family of architectures {archs} (no {SIDECAR}); "
                       "expected a sequence classifier, a seq2seq or a causal language model")
 

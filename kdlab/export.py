@@ -41,8 +41,6 @@ from kdlab.metadata import git_commit
 SIDECAR = "kdlab_model.json"
 WEIGHTS = "model.safetensors"
 CARD = "README.md"
-AUTO_CLASSES = {"encoder": "AutoModelForSequenceClassification", "seq2seq": "AutoModelForSeq2SeqLM",
-                "causal": "AutoModelForCausalLM"}
 # dataset settings that shape a model's inputs, or reproduce the run's dev scores
 DATASET_KEYS = ("max_length", "truncation", "rank_scoring", "max_eval_samples", "stratified", "on_bad_row")
 ROLES = {"student": "the distilled student", "baseline_student": "the student trained without a teacher",
@@ -69,7 +67,7 @@ def prepare(model: torch.nn.Module, tokenizer: Any, family: str, task: TaskSpec)
 def sidecar(role: str, family: str, task: TaskSpec, cfg: Any, dev: Mapping[str, float]) -> Dict[str, Any]:
     """What kdlab reads back from a saved model: ``kdlab_model.json``."""
     out: Dict[str, Any] = {
-        "role": role, "family": family, "auto_class": AUTO_CLASSES[family], "task": task.name,
+        "role": role, "family": family, "auto_class": get_family(family).auto_class_name, "task": task.name,
         "label_names": list(task.label_names), "metric": task.metric,
         "dataset": {k: cfg.dataset[k] for k in DATASET_KEYS}, "seed": cfg.seed, "dev": dict(dev),
         "kdlab_version": kdlab.__version__, "git_commit": git_commit(),

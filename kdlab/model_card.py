@@ -8,7 +8,8 @@ from typing import Any, List, Mapping
 
 from omegaconf import OmegaConf
 
-PIPELINES = {"encoder": "text-classification", "seq2seq": "text2text-generation", "causal": "text-generation"}
+from kdlab.families import get_family
+
 TITLES = {"student": "distilled student", "baseline_student": "baseline student (trained without a teacher)",
           "online_teacher": "teacher trained online with the student"}
 
@@ -25,7 +26,7 @@ def usage(meta: Mapping[str, Any]) -> List[str]:
              f'model = {cls}.from_pretrained("<this directory>").eval()',
              'tokenizer = AutoTokenizer.from_pretrained("<this directory>")']
     ds = meta["dataset"]
-    if family == "encoder":
+    if get_family(family).class_logits:
         lines += [f'batch = tokenizer(text_a, text_b, truncation="{ds["truncation"]}", '
                   f'max_length={ds["max_length"]}, padding=True, return_tensors="pt")',
                   "label_ids = model(**batch).logits.argmax(-1)  # model.config.id2label names them", "```"]
@@ -79,7 +80,7 @@ def model_card(role: str, meta: Mapping[str, Any], cfg: Any, results: Mapping[st
     terms = {k: _plain(v) for k, v in obj.terms.items()} if obj.terms else {}
     sizes = ", ".join(f"{k} {v}" for k, v in data_sizes.items())
     lines = [
-        "---", "library_name: transformers", f"pipeline_tag: {PIPELINES[family]}",
+        "---", "library_name: transformers", f"pipeline_tag: {get_family(family).pipeline_tag}",
         f"tags: [kdlab, knowledge-distillation, {task.replace('/', '-')}]", "---", "",
         f"# {task}: {TITLES[role]}", "",
         f"{'An' if family == 'encoder' else 'A'} {family}-family model trained by kdlab {meta['kdlab_version']} on `{task}` "

@@ -62,6 +62,12 @@ class Family(ABC):
     # across them), carry one gold label per example (label-aware terms) and give a single
     # output on a regression task; the token families teacher-force an answer instead.
     class_logits: bool = False
+    # What a saved model of this family is to the Hugging Face ecosystem: the transformers
+    # Auto class that loads it, the hub's pipeline tag (model cards), and the architecture
+    # name suffix that identifies a checkpoint of this family without kdlab's sidecar.
+    auto_class_name: str
+    pipeline_tag: str
+    architecture_suffix: str
     # The stacks whose hidden states / attentions ``forward`` can return, in order (the
     # last one produces the logits); empty: the family does not support feature terms.
     stacks: Tuple[str, ...] = ()

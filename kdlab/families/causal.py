@@ -105,6 +105,8 @@ class CausalFamily(tk.TokenFamily):
 
     auto_class = AutoModelForCausalLM
     dataset_class = CausalDataset
+    pipeline_tag = "text-generation"
+    architecture_suffix = "ForCausalLM"
 
     def forward(self, model: torch.nn.Module, batch: Batch) -> Outputs:
         mask = batch["target_mask"]  # [B, A]

@@ -25,6 +25,9 @@ class EncoderFamily(Family):
     name = "encoder"
     stacks = ("encoder",)
     class_logits = True
+    auto_class_name = "AutoModelForSequenceClassification"
+    pipeline_tag = "text-classification"
+    architecture_suffix = "ForSequenceClassification"
 
     def load(self, path: str, num_labels: int, key: str, reinit_head: bool = False) -> Any:
         return load_classifier(path, num_labels, key=key, reinit_head=reinit_head)

@@ -90,6 +90,8 @@ class Seq2SeqFamily(tk.TokenFamily):
 
     auto_class = AutoModelForSeq2SeqLM
     dataset_class = Seq2SeqDataset
+    pipeline_tag = "text2text-generation"
+    architecture_suffix = "ForConditionalGeneration"
 
     def forward(self, model: torch.nn.Module, batch: Batch) -> Outputs:
         mask = batch["target_mask"]  # [B, T]

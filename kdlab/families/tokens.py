@@ -128,6 +128,10 @@ class TokenFamily(Family):
     auto_class: Any  # AutoModelForSeq2SeqLM / AutoModelForCausalLM
     dataset_class: Any
 
+    @property
+    def auto_class_name(self) -> str:  # type: ignore[override]
+        return self.auto_class.__name__
+
     def __init__(self) -> None:
         self.vocab: Optional[int] = None  # the last encoded tokenizer's size; logits beyond it are padding
         # each model's own tokenizer size, when teacher and student tokenizers differ
