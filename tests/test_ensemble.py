@@ -116,6 +116,8 @@ def test_config_refusals(overrides, message):
      r"^objective.teachers.combine=mixture: dataset=glue/stsb is a regression task"),
     (["+objective.terms={hid: {name: hidden, params: {layers: [[5, 1]]}}}"],
      r"^several teachers: the objective has terms bound to one teacher's model \(hidden_states\)"),
+    (["+objective.terms={ted: {name: ted}}"],  # a declared pre-stage trains on one teacher's model
+     r"^several teachers: the objective has terms bound to one teacher's model \(hidden_states, ted_stage_one\)"),
 ])
 def test_objective_refusals(overrides, message):
     cfg = compose_config([*TWO, *overrides])
