@@ -120,3 +120,18 @@ def test_a_run_with_two_teachers_from_the_command_line(files, tmp_path):
     cache = tmp_path / "cache"
     assert len([p for p in (cache / "teachers").iterdir() if not p.name.startswith(".")]) == 2  # one per seed
     assert len(list((cache / "teacher_outputs").glob("*.npy"))) == 2  # one per teacher
+
+
+@pytest.mark.slow
+def test_a_run_with_two_teachers_summed_from_the_command_line(files, tmp_path):
+    """combine=sum through the trainer: the objective wrapped, each teacher's table read."""
+    run = tmp_path / "run"
+    out = run_cli([*teachers(files, tmp_path, "trainer.max_steps=3", "trainer.batch_size=8", "trainer.progress=false",
+                             "trainer.save_student=false", "hardware.num_threads=1", "objective.teachers.combine=sum",
+                             "teachers.b.weight=3"), f"hydra.run.dir={run}"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads((run / "results.json").read_text())
+    assert [res["teachers"][k]["weight"] for k in "ab"] == [0.25, 0.75]
+    assert res["config"]["objective"]["teachers"]["combine"] == "sum" and res["steps"] == 3
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("student/kd" in row for row in logged)
