@@ -229,5 +229,5 @@ def combined(cfg: Any, tables: Sequence[np.ndarray]) -> Any:
     weights = [m.weight for m in members(cfg)]
     if cfg.objective.teachers.combine == Combine.sum:
         return EnsembleTeacher([CachedTeacher(t) for t in tables], weights)
-    mixed = mixture_logits([torch.from_numpy(np.asarray(t)) for t in tables], weights)
+    mixed = mixture_logits([torch.from_numpy(np.array(t)) for t in tables], weights)  # a copy: tables are read-only
     return CachedTeacher(mixed.numpy())
