@@ -231,7 +231,6 @@ class Experiment:
             else (fine_tune_objective(), self.family)
         check_pair(teacher, student, self.task.num_labels, self.family,
                    objective.shared_tokenizer_terms(self.family))
-        self.family.bind_tokenizer(student.model, student.tokenizer)
         objective.bind(teacher.model, student.model, self.family.stacks)
         self.pre_stages(objective, family, teacher, student, train_ds)
         ckpt_dir = Path(self.cfg.output_dir) / "checkpoints" / phase
@@ -326,11 +325,9 @@ def assemble(exp: Experiment) -> Setup:
     student_tokenizer = exp.check_objective(loaded, {ms[0].name: loaded, **others} if ms else None)
     # an online phase may start from the teacher as loaded (a fresh head left untrained)
     teacher = exp.fine_tuned(loaded) if not online.enabled(cfg) or cfg.online.teacher.finetuned else loaded
-    exp.family.bind_tokenizer(teacher.model, teacher.tokenizer)
     members = [ensemble.Fitted(ms[0], teacher)] if ms else []
     for m in ms[1:]:
         members.append(ensemble.Fitted(m, exp.fine_tuned(others[m.name], m.cfg)))
-        exp.family.bind_tokenizer(members[-1].teacher.model, members[-1].teacher.tokenizer)
     train_ds = exp.encode(teacher.tokenizer, train_examples)
     evals = {split: exp.encode(teacher.tokenizer, ex) for split, ex in eval_examples.items()}
     s_train, s_evals = train_ds, evals

@@ -205,7 +205,6 @@ def load_model(req: Request) -> Any:
     loaded = family.load(str(req.model_dir), req.task.num_labels, key=str(req.model_dir))
     if not loaded.has_task_head:
         raise ConfigError(f"{req.model_dir} has no classification head: it was not trained on a task")
-    family.bind_tokenizer(loaded.model, loaded.tokenizer)
     return family, loaded
 
 

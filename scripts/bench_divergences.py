@@ -268,9 +268,13 @@ def causal_step_inputs(vocab: int, batch: int = 16, length: int = 48, answer: in
     answer windows of 4 to ``answer`` tokens."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    from kdlab.models import carry_tokenizer_size
+
     torch.manual_seed(0)
     teacher = GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_layer=2, n_embd=128, n_head=2, n_positions=64)).eval()
     student = GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_layer=1, n_embd=64, n_head=2, n_positions=64))
+    for model in (teacher, student):  # a tokenizer of all ``vocab`` ids: the family keeps every column
+        carry_tokenizer_size(model, vocab)
     g = torch.Generator().manual_seed(0)
     lengths = torch.randint(4, answer + 1, (batch,), generator=g)
     ids = torch.randint(0, vocab, (batch, length), generator=g)

@@ -52,8 +52,6 @@ class Setup:
         torch.manual_seed(0)
         self.student = STUDENTS.get(cfg.student.name)(cfg.student, self.teacher, task.num_labels, self.family)
         examples = load_split(task.name, "train", data_dir=cfg.dataset.data_dir, max_samples=256, seed=0)
-        self.family.bind_tokenizer(self.teacher.model, self.teacher.tokenizer)
-        self.family.bind_tokenizer(self.student.model, self.student.tokenizer)
         t_ds = self.family.dataset(self.teacher.tokenizer, examples, task, cfg.dataset)
         if self.student.tokenizer is self.teacher.tokenizer:
             self.ds = t_ds
@@ -69,11 +67,11 @@ class Setup:
 
     def seconds_per_step(self, objective, steps: int, repeats: int = 3) -> float:
         objective.bind(self.teacher.model, self.student.model, self.family.stacks)
-        self.family.features = objective.features
+        family = self.family.with_features(objective.features)
         for term in ted.stage_one_terms(objective):
             term.trained = True  # stage II alone (stage I is timed by stage_one_seconds)
-        live = LiveTeacher(self.teacher.model, self.family, CPU, "fp32") if objective.needs_teacher else None
-        run = lambda n: train(self.student.model, self.ds, self.family, objective, self.settings(n),  # noqa: E731
+        live = LiveTeacher(self.teacher.model, family, CPU, "fp32") if objective.needs_teacher else None
+        run = lambda n: train(self.student.model, self.ds, family, objective, self.settings(n),  # noqa: E731
                               NullTracker(), "bench", CPU, teacher_outputs=live)
         run(2)  # warm-up
         times = []
@@ -81,7 +79,6 @@ class Setup:
             t0 = time.perf_counter()
             run(steps)
             times.append((time.perf_counter() - t0) / steps)
-        self.family.features = frozenset()
         return statistics.median(times)
 
     def stage_one_seconds(self, steps: int) -> float:

@@ -51,7 +51,6 @@ def main() -> None:
         tcfg = TeacherConfig(name="tiny", family="causal",
                              overrides={"n_layer": args.teacher_layers, "n_embd": args.teacher_width, "n_head": 4})
         teacher = TEACHERS.get("tiny")(OmegaConf.structured(tcfg), 2, tmp, family)
-        family.bind_tokenizer(teacher.model, teacher.tokenizer)
         scfg = StudentConfig(name="shrunk", overrides={"n_layer": 1, "n_embd": 64, "n_head": 2})
         examples = load_split(TASK, "train", data_dir=os.environ.get("KDLAB_DATA_DIR"), max_samples=args.samples)
         ds = family.dataset(teacher.tokenizer, examples, get_task(TASK),
@@ -63,7 +62,6 @@ def main() -> None:
         for mode in ("live", "cached"):
             torch.manual_seed(0)
             student = STUDENTS.get("shrunk")(OmegaConf.structured(scfg), teacher, 2, family)
-            family.bind_tokenizer(student.model, student.tokenizer)
             objective = Objective(0.1, [Term("kd", 0.9, divergences.get("kd")), Term("kl", 1.0, divergences.get("kl"))])
             if device.type == "cuda":
                 torch.cuda.synchronize()

@@ -4,8 +4,9 @@ training loop against a plain KL step on the same logits.
 The teacher and student are the preset's (``teacher=tiny_gpt2``: GPT-2 2 x 128;
 ``student=shrunk_gpt2``: 1 x 64), built by kdlab's model builders from the composed
 config with ``teacher.overrides.vocab_size`` set to the vocabulary (random weights, nothing
-downloaded; the family is not bound to the 30,522-token MiniLM tokenizer, so the logits
-keep all ``V`` columns). The batch has the preset's shape (16 sequences of 48 tokens,
+downloaded). Both models are told that their tokenizer has all ``V`` tokens
+(``kdlab.models.carry_tokenizer_size``; the builders record the 30,522-token MiniLM
+tokenizer's size), so the logits keep all ``V`` columns and the random ids use them all. The batch has the preset's shape (16 sequences of 48 tokens,
 answer windows of 12 positions holding 4 to 12 answer tokens) with random token ids.
 
 Each variant runs in a fresh interpreter (``--variant``), so neither inherits the other's
@@ -61,7 +62,7 @@ def compose(vocab: int, cache_dir: str):
 def setup(vocab: int, cache_dir: str):
     """The preset's objective, teacher, student and loop settings, and one batch."""
     from kdlab.families import get_family
-    from kdlab.models import STUDENTS, TEACHERS
+    from kdlab.models import STUDENTS, TEACHERS, carry_tokenizer_size
     from kdlab.objective import build_objective
 
     cfg = compose(vocab, cache_dir)
@@ -70,6 +71,8 @@ def setup(vocab: int, cache_dir: str):
     torch.manual_seed(0)
     student = STUDENTS.get(cfg.student.name)(cfg.student, teacher, 2, family)
     assert teacher.model.config.vocab_size == vocab == student.model.config.vocab_size
+    for model in (teacher.model, student.model):  # every row is a token: the logits keep all V columns
+        carry_tokenizer_size(model, vocab)
     g = torch.Generator().manual_seed(0)
     lengths = torch.randint(4, ANSWER + 1, (BATCH,), generator=g)
     ids = torch.randint(0, vocab, (BATCH, LENGTH), generator=g)

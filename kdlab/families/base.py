@@ -77,9 +77,9 @@ class Family(ABC):
     features: FrozenSet[str] = frozenset()
 
     def with_features(self, features: FrozenSet[str]) -> Family:
-        """This family, as a copy whose ``forward`` also returns ``features``; the copy
-        shares what the family records about models (``bind_tokenizer``). ``self`` when
-        nothing changes."""
+        """This family, as a copy whose ``forward`` also returns ``features`` (a family
+        holds no state of its own: the copy serves the same models). ``self`` when nothing
+        changes."""
         if frozenset(features) == self.features:
             return self
         out = copy.copy(self)
@@ -108,11 +108,6 @@ class Family(ABC):
         if "attentions" in self.features:
             out["attentions"] = {k: tuple(v[1]) for k, v in per_stack.items()}
         return out
-
-    def bind_tokenizer(self, model: torch.nn.Module, tokenizer: Any) -> None:
-        """Record ``model``'s tokenizer (token families slice logits to its size); the
-        encoder family's class logits do not depend on it."""
-        return None
 
     @abstractmethod
     def load(self, path: str, num_labels: int, key: str, reinit_head: bool = False) -> Any:

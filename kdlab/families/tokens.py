@@ -4,7 +4,6 @@ collection of hidden states / attentions for feature terms."""
 
 from __future__ import annotations
 
-import weakref
 from abc import abstractmethod
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -16,6 +15,7 @@ from kdlab.divergences.base import reduce
 from kdlab.divergences.chunked import position_cross_entropy
 from kdlab.errors import ConfigError
 from kdlab.families.base import Family
+from kdlab.models import TOKENIZER_SIZE_ATTR, tokenizer_size
 from kdlab.models.hf import load_lm
 
 
@@ -132,16 +132,17 @@ class TokenFamily(Family):
     def auto_class_name(self) -> str:  # type: ignore[override]
         return self.auto_class.__name__
 
-    def __init__(self) -> None:
-        self.vocab: Optional[int] = None  # the last encoded tokenizer's size; logits beyond it are padding
-        # each model's own tokenizer size, when teacher and student tokenizers differ
-        self.vocabs: weakref.WeakKeyDictionary[torch.nn.Module, int] = weakref.WeakKeyDictionary()
-
-    def bind_tokenizer(self, model: torch.nn.Module, tokenizer: Any) -> None:
-        self.vocabs[model] = len(tokenizer)
-
-    def vocab_of(self, model: torch.nn.Module) -> Optional[int]:
-        return self.vocabs.get(getattr(model, "module", model), self.vocab)  # DDP wraps the model
+    def vocab_of(self, model: torch.nn.Module) -> int:
+        """The size of ``model``'s own tokenizer, which the model carries
+        (``kdlab.models.carry_tokenizer_size``, set where it was loaded or built): logits beyond
+        it are embedding padding. Read from the model, so that one family instance serves
+        any number of models (teacher, student, several teachers) with no state of its own."""
+        vocab = tokenizer_size(model)
+        if vocab is None:
+            raise TypeError(f"a {type(getattr(model, 'module', model)).__name__} reached the {self.name} family "
+                            f"without its tokenizer's size ({TOKENIZER_SIZE_ATTR}): build it with a "
+                            "kdlab.models builder, or record it with kdlab.models.carry_tokenizer_size(model, len(tokenizer))")
+        return vocab
 
     def load(self, path: str, num_labels: int, key: str, reinit_head: bool = False) -> Any:
         return load_lm(path, self.auto_class, key)
@@ -157,7 +158,6 @@ class TokenFamily(Family):
     def dataset(self, tokenizer: Any, examples: Sequence[Any], task: Any, dataset_cfg: Any,
                 cache_dir: Optional[str] = None) -> Any:
         self.check_task(task)
-        self.vocab = len(tokenizer)
         return self.dataset_class(tokenizer, examples, task, dataset_cfg)
 
     @abstractmethod

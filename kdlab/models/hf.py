@@ -8,7 +8,7 @@ from typing import Any
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from kdlab.errors import ConfigError
-from kdlab.models import Loaded
+from kdlab.models import Loaded, carry_tokenizer_size
 
 
 def _where(path: str) -> str:
@@ -45,7 +45,8 @@ def load_classifier(path: str, num_labels: int, key: str, reinit_head: bool = Fa
         path, num_labels=num_labels, ignore_mismatched_sizes=reinit_head
     )
     fresh_head = not has_head or (reinit_head and config.num_labels != num_labels)
-    return Loaded(model=model, tokenizer=tokenizer, source=str(path), has_task_head=not fresh_head)
+    return Loaded(model=carry_tokenizer_size(model, len(tokenizer)), tokenizer=tokenizer, source=str(path),
+                  has_task_head=not fresh_head)
 
 
 def load_lm(path: str, auto_class: Any, key: str) -> Loaded:
@@ -63,4 +64,4 @@ def load_lm(path: str, auto_class: Any, key: str) -> Loaded:
             f"{key}={path!r} could not be loaded as a {auto_class.__name__} from a {_where(path)}: "
             f"{e.__class__.__name__}: {str(e).splitlines()[0]}"
         ) from None
-    return Loaded(model=model, tokenizer=tokenizer, source=str(path), has_task_head=True)
+    return Loaded(model=carry_tokenizer_size(model, len(tokenizer)), tokenizer=tokenizer, source=str(path), has_task_head=True)

@@ -11,7 +11,7 @@ import torch
 from kdlab.config import StudentConfig
 from kdlab.errors import ConfigError
 from kdlab.families.base import Family
-from kdlab.models import STUDENTS, Loaded
+from kdlab.models import STUDENTS, Loaded, carry_tokenizer_size
 from kdlab.models.byte_tokenizer import byte_tokenizer
 
 # Config attributes that hold the number of transformer blocks, by architecture family.
@@ -79,7 +79,8 @@ def from_teacher(cfg: StudentConfig, teacher: Loaded, num_labels: int, family: F
     if cfg.layers is None:
         raise ConfigError("student=from_teacher needs student.layers=[...], e.g. [0,5]")
     model = take_layers(teacher.model, list(cfg.layers))
-    return Loaded(model, teacher.tokenizer, f"{teacher.source}:layers={list(cfg.layers)}")
+    return Loaded(carry_tokenizer_size(model, len(teacher.tokenizer)), teacher.tokenizer,
+                  f"{teacher.source}:layers={list(cfg.layers)}")
 
 
 STUDENT_TOKENIZERS = ("teacher", "bytes")
@@ -119,7 +120,7 @@ def shrunk(cfg: StudentConfig, teacher: Loaded, num_labels: int, family: Family)
         model = family.from_config(config)
     except (ValueError, AssertionError) as e:
         raise ConfigError(f"student.overrides={dict(cfg.overrides)} give an invalid model: {e}") from None
-    return Loaded(model, tokenizer, source, has_task_head=False)
+    return Loaded(carry_tokenizer_size(model, len(tokenizer)), tokenizer, source, has_task_head=False)
 
 
 @STUDENTS.register("pretrained")

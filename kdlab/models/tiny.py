@@ -18,7 +18,7 @@ from transformers import AutoTokenizer, GPT2Config, LlamaConfig, PretrainedConfi
 from kdlab.config import TeacherConfig
 from kdlab.errors import ConfigError
 from kdlab.families.base import Family
-from kdlab.models import TEACHERS, Loaded
+from kdlab.models import TEACHERS, Loaded, carry_tokenizer_size
 from kdlab.models.minilm import minilm_path
 
 VOCAB_MULTIPLE = 64
@@ -72,4 +72,4 @@ def tiny(cfg: TeacherConfig, num_labels: int, cache_dir: str, family: Family) ->
         except (ValueError, AssertionError) as e:
             raise ConfigError(f"teacher.overrides={dict(cfg.overrides)} give an invalid model: {e}") from None
     source = f"tiny:{arch}:{sorted(dict(cfg.overrides).items())}"
-    return Loaded(model, tokenizer, source, has_task_head=False)
+    return Loaded(carry_tokenizer_size(model, len(tokenizer)), tokenizer, source, has_task_head=False)

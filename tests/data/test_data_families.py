@@ -83,7 +83,6 @@ def test_task_trains_and_scores_in_family(task, family, tmp_path, tiny_models):
     validate(cfg)
     exp = Experiment(cfg, NullTracker(), torch.device("cpu"))
     model, tokenizer = tiny_models(family, spec.num_labels)
-    exp.family.bind_tokenizer(model, tokenizer)
 
     train_examples = exp.examples("train", None, 0)
     if task in DIAGNOSTICS:  # the train_task's training file

@@ -48,12 +48,10 @@ def cross(request, cache_dir):
                                                                           tokenizer="bytes")), teacher, 2, family)
     teacher.model.eval()
     student.model.eval()
-    family.bind_tokenizer(teacher.model, teacher.tokenizer)
-    family.bind_tokenizer(student.model, student.tokenizer)
     dcfg = OmegaConf.structured(DatasetConfig(name=task, max_length=160))
     ex = examples(task)
     t_ds = family.dataset(teacher.tokenizer, ex, get_task(task), dcfg)
-    s_ds = family.dataset(student.tokenizer, ex, get_task(task), dcfg)  # the last one encoded
+    s_ds = family.dataset(student.tokenizer, ex, get_task(task), dcfg)
     paired = PairedDataset(s_ds, t_ds)
     batch = paired.collate([paired[i] for i in range(len(paired))])
     return family, teacher, student, batch

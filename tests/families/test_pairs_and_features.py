@@ -2,6 +2,7 @@
 hidden-state and attention terms."""
 
 import copy
+from typing import Tuple
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from transformers import PreTrainedTokenizerFast
 
 from kdlab.assembly import Experiment
 from kdlab.errors import ConfigError
+from kdlab.families import Family
 from kdlab.features import FEATURE_TERMS
 from kdlab.models import Loaded
 from kdlab.objective import Objective, Term, build_objective
@@ -63,23 +65,22 @@ def test_padded_vocabulary_is_sliced(pair: Pair):
     check_pair(pair.teacher, Loaded(model, pair.teacher.tokenizer, "unpadded"), 2, pair.family)
 
 
-def features_objective(pair: Pair, loss: str) -> Objective:
+def features_objective(pair: Pair, loss: str) -> Tuple[Objective, Family]:
     hidden = FEATURE_TERMS.build("hidden", layers=[[2, 1], [0, 0]], loss=loss)
     attention = FEATURE_TERMS.build("attention", layers=[[1, 0]], loss=loss)
     obj = Objective(0.0, [Term("hid", 1.0, hidden), Term("att", 1.0, attention)])
     obj.bind(pair.teacher.model, pair.student.model, pair.family.stacks)
-    pair.family.features = obj.features
-    return obj
+    return obj, pair.family.with_features(obj.features)
 
 
 @pytest.mark.parametrize("loss", ["mse", "cosine"])
 def test_feature_terms_train_the_projection(pair: Pair, loss):
-    obj = features_objective(pair, loss)
+    obj, family = features_objective(pair, loss)
     assert obj.features == {"hidden_states", "attentions"}
     assert [p.shape for p in obj.parameters()] == [torch.Size([128, 64]), torch.Size([128])] * 2  # 64 -> 128
-    out = pair.family.forward(pair.student.model, pair.batch)
+    out = family.forward(pair.student.model, pair.batch)
     with torch.no_grad():
-        teacher = pair.family.forward(pair.teacher.model, pair.batch)
+        teacher = family.forward(pair.teacher.model, pair.batch)
     loss_value, parts = obj(out, torch.zeros(()), teacher)
     assert parts["hid"] > 0 and parts["att"] > 0
     loss_value.backward()
@@ -91,10 +92,9 @@ def test_feature_terms_vanish_between_identical_models(pair: Pair):
     obj = Objective(0.0, [Term("hid", 1.0, FEATURE_TERMS.build("hidden", layers=[[2, 2], [0, 0]])),
                           Term("att", 1.0, FEATURE_TERMS.build("attention", layers=[[1, 1]], loss="cosine"))])
     obj.bind(pair.teacher.model, twin, pair.family.stacks)
-    pair.family.features = obj.features
+    family = pair.family.with_features(obj.features)
     with torch.no_grad():
-        _, parts = obj(pair.family.forward(twin, pair.batch), torch.zeros(()),
-                       pair.family.forward(pair.teacher.model, pair.batch))
+        _, parts = obj(family.forward(twin, pair.batch), torch.zeros(()), family.forward(pair.teacher.model, pair.batch))
     assert not list(obj.parameters())  # same width: no projection
     assert parts["hid"].item() < 1e-10 and parts["att"].item() < 1e-6
 

@@ -33,8 +33,7 @@ STACKS = ("encoder",)
 
 def outputs(teacher, student, kinds=("hidden_states",)):
     """Both models' ``Outputs`` from the encoder family asked for ``kinds``."""
-    family = get_family("encoder")
-    family.features = frozenset(kinds)
+    family = get_family("encoder").with_features(frozenset(kinds))
     with torch.no_grad():
         t_out = family.forward(teacher, BATCH)
     return family.forward(student, BATCH), t_out
@@ -91,8 +90,7 @@ def test_gradients_reach_the_student_not_the_teacher(name):
     teacher, student = bert(6), bert(3, seed=1)
     term = FEATURE_TERMS.build(name)
     term.bind(teacher, student, STACKS)
-    family = get_family("encoder")
-    family.features = frozenset({"hidden_states"})
+    family = get_family("encoder").with_features(frozenset({"hidden_states"}))
     t_out = family.forward(teacher, BATCH)  # with gradients enabled here: the term must detach
     term(family.forward(student, BATCH), t_out).backward()
     assert all(p.grad is None for p in teacher.parameters())
