@@ -218,6 +218,12 @@ class Experiment:
                                            train_ds, self.family, self.device, self.precision,
                                            self.cfg.trainer.eval_batch_size, tc.top_k, temperature, tc.shard_tokens)
 
+    def build_student(self, teacher: Loaded) -> Loaded:
+        """The run's student of ``teacher``, drawn under the run's seed: the one every
+        student phase trains (and a benchmark times)."""
+        set_seed(self.cfg.seed)
+        return STUDENTS.get(self.cfg.student.name)(self.cfg.student, teacher, self.task.num_labels, self.family)
+
     def fit_student(self, teacher: Loaded, train_ds: Any, evals: Dict[str, Any], phase: str,
                     outputs: Any = None, resume_dir: Optional[Path] = None,
                     meta: Optional[Dict[str, Any]] = None,
@@ -225,8 +231,7 @@ class Experiment:
         """Train a student: fine-tuned on labels (``outputs`` None), distilled from the
         teacher's ``outputs``, or (``peer``, a copy of the teacher) trained together with
         ``peer`` in an online phase (``kdlab.online``), which leaves ``peer`` trained too."""
-        set_seed(self.cfg.seed)
-        student = STUDENTS.get(self.cfg.student.name)(self.cfg.student, teacher, self.task.num_labels, self.family)
+        student = self.build_student(teacher)
         objective, family = (self.objective, self.distill_family) if outputs is not None \
             else (fine_tune_objective(), self.family)
         check_pair(teacher, student, self.task.num_labels, self.family,

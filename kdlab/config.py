@@ -91,8 +91,8 @@ class TeacherConfig:
     name: str = MISSING  # registry name: "minilm" (embedded), "pretrained" (local dir or hub id)
     family: str = "encoder"  # "encoder" | "seq2seq" | "causal"; the student has the same family
     path: Optional[str] = None  # local directory or hub id (for "pretrained")
-    # for "tiny" (a small random-init model built from code): "t5" | "gpt2" | "llama"
-    # (None: t5 for seq2seq, gpt2 for causal), and config fields to override
+    # for "tiny" (a small random-init model built from code): "t5" | "gpt2" | "llama" | "bert"
+    # (None: t5 for seq2seq, gpt2 for causal, bert for encoder), and config fields to override
     architecture: Optional[str] = None
     overrides: Dict[str, Any] = field(default_factory=dict)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)

@@ -5,9 +5,12 @@
 
 Both loops run one KD step per batch: the teacher's forward (no grad), the student's
 forward and backward, ``0.5 * CE + 0.5 * KD(T=2)``, gradient clipping and fused AdamW,
-under bf16 autocast on CUDA (fp32 on CPU). Models are built from configs with random
-weights (no download): the teacher has MiniLM-L6's shape (hidden 384, 6 layers, 12 heads,
-intermediate 1536, vocabulary 30522), the student the same with 2 layers; every run starts
+under bf16 autocast on CUDA (fp32 on CPU). Models, objective and loop settings are what a
+run builds (``kdlab.assembly.Experiment`` on a config composed as the command line would:
+``compose_run``): the teacher is ``teacher=tiny_bert`` with MiniLM-L6's shape (hidden 384,
+6 layers, 12 heads, intermediate 1536, vocabulary 30522) in ``teacher.overrides``, random
+weights built from its config (no download, no fine-tuning: weights do not change the
+timing); the student is ``student=shrunk``, the same shape with 2 layers; every run starts
 from the same student weights. Inputs: random token ids, batch 32, length 64, identical
 for every loop.
 
@@ -34,18 +37,18 @@ from typing import Dict, List
 import torch
 import torch.nn.functional as F
 import transformers
-from transformers import BertConfig, BertForSequenceClassification
+from hydra import compose, initialize_config_dir
 
-from kdlab import divergences, teacher_outputs
+from kdlab import teacher_outputs
+from kdlab.assembly import Experiment, loop_config
+from kdlab.cli import CONFIG_DIR
 from kdlab.config import LoggerConfig
-from kdlab.families import get_family
-from kdlab.objective import Objective, Term
 from kdlab.precision import autocast
-from kdlab.tracking import METRICS_FILE, Tracker
-from kdlab.trainer import LoopSettings, train
+from kdlab.tracking import METRICS_FILE, NullTracker, Tracker
+from kdlab.trainer import train
+from kdlab.validation import validate
 
-FAMILY = get_family("encoder")
-SIZES = {  # BertConfig fields of the teacher; the student has 2 layers
+SIZES = {  # teacher.overrides of teacher=tiny_bert (BertConfig fields); the student has 2 layers
     "minilm": dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
                    intermediate_size=1536, max_position_embeddings=512),
     "tiny": dict(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -75,12 +78,30 @@ class RandomTokens(torch.utils.data.Dataset):
                 "index": index}
 
 
-def models(size: str, dropout: float = 0.0) -> tuple[torch.nn.Module, torch.nn.Module]:
-    torch.manual_seed(0)
-    shape = dict(SIZES[size], num_labels=2, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
-    teacher = BertForSequenceClassification(BertConfig(**shape)).eval()
-    student = BertForSequenceClassification(BertConfig(**{**shape, "num_hidden_layers": 2}))
-    return teacher, student
+def compose_run(args: argparse.Namespace, device: torch.device, compile: bool):
+    """The config of the benchmarked student step, as ``kdlab <overrides>`` composes it:
+    ``0.5 * CE + 0.5 * KD(T=2)`` (no divergence term), no warm-up or weight decay, one
+    logged window every ``--steps`` steps, dropout off in both models. The embedded MiniLM
+    tokenizer is read from kdlab's cache (``$KDLAB_CACHE_DIR``, default ~/.cache/kdlab)."""
+    shape = {**SIZES[args.size], "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    overrides = [
+        "teacher=tiny_bert", *[f"+teacher.overrides.{k}={v}" for k, v in shape.items()],
+        # shrunk's own sizes removed: the student is the teacher's shape with 2 layers
+        "student=shrunk", "~student.overrides.hidden_size", "~student.overrides.num_attention_heads",
+        "~student.overrides.intermediate_size", "student.overrides.num_hidden_layers=2",
+        "dataset=glue/sst2", f"dataset.max_length={args.max_length}",
+        "divergence=none", f"objective.alpha={ALPHA}", f"objective.kd.temperature={TEMPERATURE}",
+        "objective.kd.t2=false",
+        f"trainer.batch_size={args.batch_size}", f"trainer.lr={LR}", "trainer.warmup_ratio=0",
+        "trainer.weight_decay=0", "trainer.max_grad_norm=1.0", f"trainer.max_steps={args.steps * (args.repeats + 1)}",
+        f"trainer.log_every={args.steps}", "trainer.progress=false",
+        f"hardware={device.type}", f"hardware.compile={str(compile).lower()}",
+        "logger=none",
+    ]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    validate(cfg)
+    return cfg
 
 
 def sync(device: torch.device) -> None:
@@ -120,26 +141,61 @@ def plain_loop(student, teacher, data, args, device, precision) -> List[float]:
     return rates
 
 
-def kdlab_loop(student, teacher, data, args, device, precision, compile: bool, cached: bool) -> List[float]:
-    """``kdlab.trainer.train`` on the same data; its own logged windows' samples/s."""
-    objective = Objective(1 - ALPHA, [Term("kd", ALPHA, divergences.get("kd", temperature=TEMPERATURE))])
+def kdlab_loop(student, teacher, data, args, device, compile: bool, cached: bool) -> List[float]:
+    """``kdlab.trainer.train`` on the same data, with the objective, family, loop settings
+    and precision of the composed run; its own logged windows' samples/s."""
+    exp = Experiment(compose_run(args, device, compile), NullTracker(), device)
     if cached:
-        table = teacher_outputs.compute(teacher, data, FAMILY, device, precision, args.batch_size)
+        table = teacher_outputs.compute(teacher, data, exp.family, device, exp.precision, args.batch_size)
         outputs = teacher_outputs.CachedTeacher(table)
     else:
-        outputs = teacher_outputs.LiveTeacher(teacher, FAMILY, device, precision)
-    settings = LoopSettings(epochs=1, max_steps=args.steps * (args.repeats + 1), batch_size=args.batch_size, lr=LR,
-                            log_every=args.steps, progress=False)
+        outputs = teacher_outputs.LiveTeacher(teacher, exp.distill_family, device, exp.precision)
     with tempfile.TemporaryDirectory() as tmp:
         tracker = Tracker(LoggerConfig(backend="none", mode="disabled"), tmp, {})
         try:
-            train(student, data, FAMILY, objective, settings, tracker, "student", device, precision,
-                  teacher_outputs=outputs, compile=compile)
+            train(student, data, exp.distill_family, exp.objective, loop_config(exp.cfg.trainer), tracker, "student",
+                  device, exp.precision, teacher_outputs=outputs, compile=exp.cfg.hardware.compile)
         finally:
             tracker.finish()
         rows = [json.loads(line) for line in (Path(tmp) / METRICS_FILE).read_text().splitlines()]
     rates = [r["student/samples_per_s"] for r in rows if "student/samples_per_s" in r]
     return rates[1:]  # the first window is the warm-up
+
+
+def build_models(args: argparse.Namespace, device: torch.device):
+    """Teacher and student as a run builds them (``Experiment.load_teacher`` /
+    ``build_student``): the teacher in eval mode on ``device``."""
+    exp = Experiment(compose_run(args, device, False), NullTracker(), device)
+    teacher = exp.load_teacher()
+    student = exp.build_student(teacher)
+    return teacher.model.eval().to(device), student.model
+
+
+def run_rows(args: argparse.Namespace, device: torch.device, precision: str,
+             compile: bool) -> Dict[str, List[float]]:
+    """Samples/s per window of each loop, after printing the setting."""
+    teacher, student = build_models(args, device)
+    init = copy.deepcopy(student.state_dict())
+    data = RandomTokens(args.batch_size * args.steps * (args.repeats + 1), args.max_length,
+                        teacher.config.vocab_size)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {name}; teacher {args.size} ({sum(q.numel() for q in teacher.parameters()) / 1e6:.1f}M), "
+          f"student 2 layers ({sum(q.numel() for q in student.parameters()) / 1e6:.1f}M); batch {args.batch_size}, "
+          f"length {args.max_length}, {precision}; median of {args.repeats} windows of {args.steps} steps "
+          "after one warm-up window\n")
+
+    def fresh():
+        student.load_state_dict(init)
+        return student
+
+    rows = {"plain PyTorch loop (live teacher)": plain_loop(fresh(), teacher, data, args, device, precision),
+            "kdlab trainer (live teacher)": kdlab_loop(fresh(), teacher, data, args, device, False, False)}
+    if compile:
+        rows["kdlab trainer, hardware.compile=true (live teacher)"] = kdlab_loop(
+            fresh(), teacher, data, args, device, True, False)
+    rows["kdlab trainer, cached teacher outputs (no teacher forward)"] = kdlab_loop(
+        fresh(), teacher, data, args, device, False, True)
+    return rows
 
 
 def main() -> None:
@@ -159,28 +215,7 @@ def main() -> None:
     precision = "bf16" if device.type == "cuda" else "fp32"
     compile = device.type == "cuda" if args.compile is None else args.compile
     transformers.logging.set_verbosity_error()
-    teacher, student = models(args.size)
-    teacher.to(device)
-    init = copy.deepcopy(student.state_dict())
-    data = RandomTokens(args.batch_size * args.steps * (args.repeats + 1), args.max_length,
-                        SIZES[args.size]["vocab_size"])
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"torch {torch.__version__}, {name}; teacher {args.size} ({sum(q.numel() for q in teacher.parameters()) / 1e6:.1f}M), "
-          f"student 2 layers ({sum(q.numel() for q in student.parameters()) / 1e6:.1f}M); batch {args.batch_size}, "
-          f"length {args.max_length}, {precision}; median of {args.repeats} windows of {args.steps} steps "
-          "after one warm-up window\n")
-
-    def fresh():
-        student.load_state_dict(init)
-        return student
-
-    rows = {"plain PyTorch loop (live teacher)": plain_loop(fresh(), teacher, data, args, device, precision),
-            "kdlab trainer (live teacher)": kdlab_loop(fresh(), teacher, data, args, device, precision, False, False)}
-    if compile:
-        rows["kdlab trainer, hardware.compile=true (live teacher)"] = kdlab_loop(
-            fresh(), teacher, data, args, device, precision, True, False)
-    rows["kdlab trainer, cached teacher outputs (no teacher forward)"] = kdlab_loop(
-        fresh(), teacher, data, args, device, precision, False, True)
+    rows = run_rows(args, device, precision, compile)
     base = statistics.median(rows["plain PyTorch loop (live teacher)"])
     print("| loop | samples/s (median) | ms / step | vs plain loop |")
     print("|---|---|---|---|")

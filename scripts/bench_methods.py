@@ -2,13 +2,15 @@
 plain KD in the same family (the "relative cost" column of docs/methods.md), and the cost
 of TED's stage I.
 
-    python scripts/bench_methods.py [--steps 10] [--methods ted,pkd,...]
+    python scripts/bench_methods.py [--steps 10] [--methods ted,pkd,...] [--threads 2]
 
-Each preset (``experiment=methods/cpu/<method>``) is composed as a run would compose it;
-its teacher is built without fine-tuning (weights do not change the timing), its student
-and objective as the runner builds them, and ``kdlab.trainer.train`` runs ``--steps``
-steps after two warm-up steps, with a live teacher. Data: SST-2 / COPA from
-$KDLAB_DATA_DIR. Prints measured medians of three repeats.
+Each preset (``experiment=methods/cpu/<method>``) is composed and assembled as a run does
+it (``kdlab.assembly.assemble``: its data, its teacher fine-tuned once and cached in
+kdlab's cache, ``$KDLAB_CACHE_DIR`` or ~/.cache/kdlab, shared by every preset of the same
+sizes and by their runs, its datasets), its student and objective are the run's
+(``Experiment.build_student``, the run's one objective), and ``kdlab.trainer.train`` runs
+``--steps`` steps of the run's loop settings after two warm-up steps, with a live teacher.
+Data: SST-2 / COPA from $KDLAB_DATA_DIR. Prints measured medians of three repeats.
 """
 
 from __future__ import annotations
@@ -17,21 +19,21 @@ import argparse
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 import transformers
 from hydra import compose, initialize_config_dir
 
+from kdlab.assembly import Experiment, assemble, loop_config
 from kdlab.cli import CONFIG_DIR
-from kdlab.data import get_task, load_split
-from kdlab.families import get_family
 from kdlab.methods import ted
-from kdlab.models import STUDENTS, TEACHERS
 from kdlab.objective import build_objective, fine_tune_objective
 from kdlab.teacher_outputs import LiveTeacher
 from kdlab.tracking import NullTracker
 from kdlab.trainer import LoopSettings, train
+from kdlab.validation import validate
 
 PRESETS = Path(CONFIG_DIR) / "experiment" / "methods" / "cpu"
 CPU = torch.device("cpu")
@@ -39,39 +41,41 @@ CPU = torch.device("cpu")
 
 def compose_preset(overrides: list[str]):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("config", overrides=overrides)
+        cfg = compose("config", overrides=overrides)
+    validate(cfg)
+    return cfg
 
 
-class Setup:
-    """Teacher, student, data and objective of one composed config (no fine-tuning)."""
+def stage_one_terms(objective) -> list[ted.TaskAwareFilters]:
+    """The objective's weighted TED terms (the terms with a stage I)."""
+    return [t.module for t in objective.weighted() if isinstance(t.module, ted.TaskAwareFilters)]
 
-    def __init__(self, cfg, cache_dir: str) -> None:
-        self.cfg, self.family = cfg, get_family(cfg.teacher.family)
-        task = get_task(cfg.dataset.name)
-        self.teacher = TEACHERS.get(cfg.teacher.name)(cfg.teacher, task.num_labels, cache_dir, self.family)
-        torch.manual_seed(0)
-        self.student = STUDENTS.get(cfg.student.name)(cfg.student, self.teacher, task.num_labels, self.family)
-        examples = load_split(task.name, "train", data_dir=cfg.dataset.data_dir, max_samples=256, seed=0)
-        t_ds = self.family.dataset(self.teacher.tokenizer, examples, task, cfg.dataset)
-        if self.student.tokenizer is self.teacher.tokenizer:
-            self.ds = t_ds
-        else:
-            from kdlab.batching import PairedDataset
 
-            self.ds = PairedDataset(self.family.dataset(self.student.tokenizer, examples, task, cfg.dataset), t_ds)
-        self.teacher_ds = t_ds
+class Bench:
+    """One composed config as a run assembles it (``kdlab.assembly.Setup``), and the
+    student the run trains."""
 
-    def settings(self, steps: int, lr: float | None = None) -> LoopSettings:
-        t = self.cfg.trainer
-        return LoopSettings(epochs=100, max_steps=steps, batch_size=t.batch_size, lr=lr or t.lr, progress=False)
+    def __init__(self, cfg) -> None:
+        self.cfg = cfg
+        self.exp = Experiment(cfg, NullTracker(), CPU)
+        self.setup = assemble(self.exp)
+        self.teacher = self.setup.teacher
+        self.student = self.exp.build_student(self.teacher)
+
+    def settings(self, steps: int) -> LoopSettings:
+        """The run's loop settings (``trainer``), stopped after ``steps`` steps."""
+        return replace(loop_config(self.cfg.trainer), max_steps=steps, progress=False)
 
     def seconds_per_step(self, objective, steps: int, repeats: int = 3) -> float:
-        objective.bind(self.teacher.model, self.student.model, self.family.stacks)
-        family = self.family.with_features(objective.features)
-        for term in ted.stage_one_terms(objective):
+        """``objective`` trained on the data a run trains it on: the distillation data
+        (both tokenisations when they differ), or the student's own for CE alone."""
+        objective.bind(self.teacher.model, self.student.model, self.exp.family.stacks)
+        family = self.exp.family.with_features(objective.features)
+        for term in stage_one_terms(objective):
             term.trained = True  # stage II alone (stage I is timed by stage_one_seconds)
         live = LiveTeacher(self.teacher.model, family, CPU, "fp32") if objective.needs_teacher else None
-        run = lambda n: train(self.student.model, self.ds, family, objective, self.settings(n),  # noqa: E731
+        data = self.setup.distill_ds if objective.needs_teacher else self.setup.s_train
+        run = lambda n: train(self.student.model, data, family, objective, self.settings(n),  # noqa: E731
                               NullTracker(), "bench", CPU, teacher_outputs=live)
         run(2)  # warm-up
         times = []
@@ -82,21 +86,25 @@ class Setup:
         return statistics.median(times)
 
     def stage_one_seconds(self, steps: int) -> float:
+        """TED's stage I as ``Experiment.pre_stages`` runs it (the run's loop settings, the
+        distillation data), each of its phases stopped after ``steps`` steps, in a fresh
+        stage cache (timed, never looked up)."""
         objective = build_objective(self.cfg)
-        objective.bind(self.teacher.model, self.student.model, self.family.stacks)
-        (term,) = ted.stage_one_terms(objective)
-        term.recipe.max_steps = steps
+        objective.bind(self.teacher.model, self.student.model, self.exp.family.stacks)
+        for term in stage_one_terms(objective):
+            term.recipe.max_steps = steps
+        train_ds = self.setup.distill_ds
 
-        def fit(model, family, lr, phase):
-            train(model, self.teacher_ds, family, fine_tune_objective(), self.settings(steps, lr), NullTracker(),
-                  phase, CPU)
+        def fit(model, family, loop, phase):
+            train(model, train_ds, family, fine_tune_objective(), loop, NullTracker(), phase, CPU)
 
         with tempfile.TemporaryDirectory() as cache:
-            ctx = ted.StageContext(family=self.family, train_ds=self.teacher_ds, task=self.cfg.dataset.name,
-                                   cache_dir=cache, training={}, fit=fit, is_main=lambda: True,
-                                   barrier=lambda: None)  # a fresh cache: the key is never looked up again
+            ctx = ted.StageContext(family=self.exp.family, train_ds=train_ds, task=self.cfg.dataset.name,
+                                   cache_dir=cache, loop=self.settings(steps), training={}, fit=fit,
+                                   is_main=lambda: True, barrier=lambda: None)
             t0 = time.perf_counter()
-            ted.stage_one(term, self.teacher.model, self.student.model, ctx)
+            for stage in objective.pre_stages():
+                stage.run(self.teacher.model, self.student.model, ctx)
             elapsed = time.perf_counter() - t0
         return elapsed
 
@@ -114,19 +122,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
-    cache = str(Path.home() / ".cache" / "kdlab")
     rows = []
     for method in args.methods.split(","):
         preset = f"experiment=methods/cpu/{method}"
         cfg = compose_preset([preset])
-        setup = Setup(cfg, cache)
+        setup = Bench(cfg)
         s = setup.seconds_per_step(build_objective(cfg), args.steps)
         # the same teacher, student and data with KD alone (alpha 0.5) and with CE alone
         kd_cfg = compose_preset(kd_cfg_overrides(preset))
         note = ""
         if setup.student.tokenizer is not setup.teacher.tokenizer:  # KD needs one vocabulary
             kd_cfg = compose_preset([*kd_cfg_overrides(preset), "student.tokenizer=teacher"])
-            kd_setup, note = Setup(kd_cfg, cache), "KD and CE with a student of the teacher's tokenizer"
+            kd_setup, note = Bench(kd_cfg), "KD and CE with a student of the teacher's tokenizer"
         else:
             kd_setup = setup
         kd = kd_setup.seconds_per_step(build_objective(kd_cfg), args.steps)
