@@ -3,8 +3,12 @@ speed-up of the teacher-output cache over a multi-epoch run.
 
     python scripts/bench_trainer.py [--samples 256] [--batch-size 32] [--max-length 64] [--steps 12]
 
-Teacher: MiniLM-L6 (its fresh head is fine for timing); student: its layers 0 and 5.
-Data: the first SST-2 training sentences from $KDLAB_DATA_DIR. Prints measured medians.
+Teacher, student, data and objectives are what a run builds from the config composed by
+``compose_run`` (``kdlab.assembly.Experiment``): teacher ``teacher=minilm`` (its fresh
+head is fine for timing: not fine-tuned), student ``student=minilm_l2`` (its layers 0 and
+5), SST-2 training sentences from $KDLAB_DATA_DIR encoded by the family, and one objective
+per row: CE alone (``objective.alpha=0 divergence=none``), KD (``divergence=none``), SinKD
+(``divergence=sinkhorn``, faithful, and ``divergence=sinkhorn_sound``). Prints measured medians.
 """
 
 from __future__ import annotations
@@ -18,32 +22,47 @@ from pathlib import Path
 
 import torch
 import transformers
+from hydra import compose, initialize_config_dir
 
-from kdlab import divergences, teacher_outputs
+from kdlab import teacher_outputs
+from kdlab.assembly import Experiment, loop_config
 from kdlab.batching import loader
-from kdlab.config import LoggerConfig, StudentConfig, TeacherConfig
-from kdlab.data import get_task, load_split
-from kdlab.families import get_family
-from kdlab.models import STUDENTS, TEACHERS
-from kdlab.objective import Objective, Term
-from kdlab.tracking import Tracker
-from kdlab.trainer import LoopSettings, train
+from kdlab.cli import CONFIG_DIR
+from kdlab.config import LoggerConfig
+from kdlab.objective import Objective
+from kdlab.tracking import NullTracker, Tracker
+from kdlab.trainer import train
+from kdlab.validation import validate
 
-FAMILY = get_family("encoder")
-
-
-def objectives() -> dict[str, Objective]:
-    kd = lambda: Term("kd", 0.9, divergences.get("kd", temperature=2.0))  # noqa: E731
-    sink = Term("sinkhorn", 0.8, divergences.get("sinkhorn", mode="faithful"))
-    return {
-        "fine-tune (CE)": Objective(1.0, []),
-        "KD": Objective(0.1, [kd()]),
-        "SinKD (faithful)": Objective(0.1, [kd(), sink]),
-        "SinKD (sound)": Objective(0.1, [kd(), Term("sinkhorn", 0.8, divergences.get("sinkhorn", mode="sound"))]),
-    }
+CPU = torch.device("cpu")
+# one row per objective: the overrides that make it
+OBJECTIVES = {
+    "fine-tune (CE)": ["objective.alpha=0", "divergence=none"],
+    "KD": ["divergence=none"],
+    "SinKD (faithful)": ["divergence=sinkhorn"],
+    "SinKD (sound)": ["divergence=sinkhorn_sound"],
+}
 
 
-def breakdown(student, teacher, batches, objective, steps):
+def compose_run(args: argparse.Namespace, objective: list[str]):
+    """The benchmarked run's config, as ``kdlab <overrides>`` composes it."""
+    overrides = ["teacher=minilm", "student=minilm_l2", "dataset=glue/sst2", f"dataset.max_length={args.max_length}",
+                 f"dataset.max_train_samples={args.samples}", f"trainer.batch_size={args.batch_size}",
+                 "trainer.lr=1e-5", f"trainer.epochs={args.epochs}", "trainer.max_steps=-1",
+                 "trainer.progress=false", f"trainer.log_every={10**9}", "hardware=cpu", "logger=none",
+                 f"cache_dir={args.cache_dir}", *objective]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    validate(cfg)
+    return cfg
+
+
+def objectives(args: argparse.Namespace) -> dict[str, Objective]:
+    """Each row's objective, as its run builds it (bound to no model: logit terms only)."""
+    return {name: Experiment(compose_run(args, o), NullTracker(), CPU).objective for name, o in OBJECTIVES.items()}
+
+
+def breakdown(family, student, teacher, batches, objective, steps):
     """Median seconds per phase of one optimiser step (CPU: calls are synchronous)."""
     opt = torch.optim.AdamW(student.parameters(), lr=1e-5, fused=True)
     times = {k: [] for k in ("data", "teacher forward", "student fwd+bwd", "loss", "optimizer", "step")}
@@ -59,10 +78,10 @@ def breakdown(student, teacher, batches, objective, steps):
         t_out = None
         if objective.needs_teacher:
             with torch.no_grad():
-                t_out = FAMILY.forward(teacher, batch)
+                t_out = family.forward(teacher, batch)
         t2 = time.perf_counter()
-        out = FAMILY.forward(student, batch)
-        ce = FAMILY.supervised_loss(out, batch)
+        out = family.forward(student, batch)
+        ce = family.supervised_loss(out, batch)
         t3 = time.perf_counter()
         loss, _ = objective(out, ce, t_out, labels=batch["labels"])
         t4 = time.perf_counter()
@@ -88,23 +107,18 @@ def main() -> None:
     args = p.parse_args()
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
-    torch.manual_seed(0)
-    task = get_task("glue/sst2")
-    teacher = TEACHERS.get("minilm")(TeacherConfig(name="minilm"), 2, args.cache_dir, FAMILY)
-    student = STUDENTS.get("from_teacher")(StudentConfig(name="from_teacher", layers=[0, 5]), teacher, 2, FAMILY)
+    exp = Experiment(compose_run(args, OBJECTIVES["SinKD (faithful)"]), NullTracker(), CPU)
+    teacher = exp.load_teacher()
+    student = exp.build_student(teacher)
     teacher.model.eval()
-    examples = load_split("glue/sst2", "train", data_dir=os.environ.get("KDLAB_DATA_DIR"), max_samples=args.samples)
-
-    class Cfg:
-        max_length, truncation = args.max_length, "longest_first"
-
-    ds = FAMILY.dataset(teacher.tokenizer, examples, task, Cfg)
+    examples = exp.examples("train", args.samples, exp.cfg.seed)
+    ds = exp.encode(teacher.tokenizer, examples)
     batches = loader(ds, args.batch_size, shuffle=True)  # collated live: "data" is real
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(ds)} SST-2 sentences, "
           f"batch {args.batch_size}, max length {args.max_length}; median of {args.steps} steps\n")
 
-    rows = {name: breakdown(student.model, teacher.model, batches, obj, args.steps)
-            for name, obj in objectives().items()}
+    rows = {name: breakdown(exp.family, student.model, teacher.model, batches, obj, args.steps)
+            for name, obj in objectives(args).items()}
     base = rows["fine-tune (CE)"]["step"]
     cols = list(next(iter(rows.values())))
     print("| objective | " + " | ".join(f"{c} (ms)" for c in cols) + " | steps/s | loss / step | step vs CE |")
@@ -115,23 +129,20 @@ def main() -> None:
 
     # Teacher-output cache over a multi-epoch KD run: live teacher vs cached logits
     # (the cached timing includes computing and writing the cache once).
-    settings = LoopSettings(epochs=args.epochs, max_steps=-1, batch_size=args.batch_size, lr=1e-5, progress=False,
-                            log_every=10**9)
+    settings = loop_config(exp.cfg.trainer)
     timings = {}
     with tempfile.TemporaryDirectory() as tmp:
         tracker = Tracker(LoggerConfig(backend="none", mode="disabled"), tmp, {})
         for mode in ("live", "cached"):
-            model = STUDENTS.get("from_teacher")(StudentConfig(name="from_teacher", layers=[0, 5]), teacher, 2,
-                                                 FAMILY).model
+            model = exp.build_student(teacher).model
             t0 = time.perf_counter()
             if mode == "live":
-                outputs = teacher_outputs.LiveTeacher(teacher.model, FAMILY, torch.device("cpu"), "fp32")
+                outputs = teacher_outputs.LiveTeacher(teacher.model, exp.family, CPU, "fp32")
             else:
                 path = Path(tmp) / "teacher.npy"
                 outputs = teacher_outputs.CachedTeacher(teacher_outputs.cached(path, lambda: teacher_outputs.compute(
-                    teacher.model, ds, FAMILY, torch.device("cpu"), "fp32", 64)))
-            train(model, ds, FAMILY, objectives()["SinKD (faithful)"], settings, tracker, mode, torch.device("cpu"),
-                  teacher_outputs=outputs)
+                    teacher.model, ds, exp.family, CPU, "fp32", 64)))
+            train(model, ds, exp.family, exp.objective, settings, tracker, mode, CPU, teacher_outputs=outputs)
             timings[mode] = time.perf_counter() - t0
         tracker.finish()
     print(f"\nSinKD, {args.epochs} epochs over {len(ds)} sentences: live teacher {timings['live']:.1f} s, "
