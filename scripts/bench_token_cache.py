@@ -2,35 +2,48 @@
 
     python scripts/bench_token_cache.py [--samples 256] [--epochs 3] [--top-k 64] [--device cpu]
 
-Teacher: a GPT-2 built from code (``--teacher-layers`` x ``--teacher-width``, randomly
-initialised: fine for timing) with the embedded MiniLM tokenizer; student: 1 layer, 64 wide.
-Data: the first COPA training examples from $KDLAB_DATA_DIR (prompt + gold alternative,
-distilled on the answer tokens). Objective: KD at T = 1 + forward KL. The cached timing
-includes computing and writing the cache once; prints both timings and the ratio.
+The run is ``experiment=smoke_causal`` with the sizes below, built as a run builds it
+(``kdlab.assembly.Experiment`` on the composed config): teacher ``teacher=tiny_gpt2``
+(``--teacher-layers`` x ``--teacher-width`` in ``teacher.overrides``, randomly initialised,
+not fine-tuned: fine for timing) with the embedded MiniLM tokenizer; student
+``student=shrunk_gpt2`` (1 layer, 64 wide). Data: COPA training examples from
+$KDLAB_DATA_DIR (prompt + gold alternative, distilled on the answer tokens). Objective: the
+preset's, KD at T = 1 + forward KL. The cached timing includes computing and writing the
+cache once; prints both timings and the ratio.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 import transformers
-from omegaconf import OmegaConf
+from hydra import compose, initialize_config_dir
 
-from kdlab import divergences, teacher_outputs, token_cache
-from kdlab.config import DatasetConfig, LoggerConfig, StudentConfig, TeacherConfig
-from kdlab.data import get_task, load_split
-from kdlab.families import get_family
-from kdlab.models import STUDENTS, TEACHERS
-from kdlab.objective import Objective, Term
-from kdlab.tracking import Tracker
-from kdlab.trainer import LoopSettings, train
+from kdlab import teacher_outputs, token_cache
+from kdlab.assembly import Experiment, loop_config
+from kdlab.cli import CONFIG_DIR
+from kdlab.config import LoggerConfig
+from kdlab.tracking import NullTracker, Tracker
+from kdlab.trainer import train
+from kdlab.validation import validate
 
-TASK = "superglue/copa"
+
+def compose_run(args: argparse.Namespace, device: torch.device, cache_dir: str):
+    """``experiment=smoke_causal`` at the benchmark's sizes, as ``kdlab <overrides>`` composes it."""
+    overrides = ["experiment=smoke_causal", f"+teacher.overrides.n_layer={args.teacher_layers}",
+                 f"+teacher.overrides.n_embd={args.teacher_width}", "+teacher.overrides.n_head=4",
+                 f"dataset.max_train_samples={args.samples}", "dataset.max_length=64",
+                 f"trainer.batch_size={args.batch_size}", f"trainer.epochs={args.epochs}", "trainer.max_steps=-1",
+                 "trainer.lr=1e-3", f"trainer.log_every={10**9}", "trainer.progress=false",
+                 f"hardware={device.type}", "hardware.precision=fp32", "logger=none", f"cache_dir={cache_dir}"]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    validate(cfg)
+    return cfg
 
 
 def main() -> None:
@@ -45,33 +58,25 @@ def main() -> None:
     args = p.parse_args()
     transformers.logging.set_verbosity_error()
     device = torch.device(args.device)
-    family = get_family("causal")
-    torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        tcfg = TeacherConfig(name="tiny", family="causal",
-                             overrides={"n_layer": args.teacher_layers, "n_embd": args.teacher_width, "n_head": 4})
-        teacher = TEACHERS.get("tiny")(OmegaConf.structured(tcfg), 2, tmp, family)
-        scfg = StudentConfig(name="shrunk", overrides={"n_layer": 1, "n_embd": 64, "n_head": 2})
-        examples = load_split(TASK, "train", data_dir=os.environ.get("KDLAB_DATA_DIR"), max_samples=args.samples)
-        ds = family.dataset(teacher.tokenizer, examples, get_task(TASK),
-                            OmegaConf.structured(DatasetConfig(name=TASK, max_length=64)))
-        settings = LoopSettings(epochs=args.epochs, max_steps=-1, batch_size=args.batch_size, lr=1e-3,
-                                progress=False, log_every=10**9)
+        exp = Experiment(compose_run(args, device, tmp), NullTracker(), device)
+        teacher = exp.load_teacher()
+        ds = exp.encode(teacher.tokenizer, exp.examples("train", args.samples, exp.cfg.seed))
+        settings = loop_config(exp.cfg.trainer)
         tracker = Tracker(LoggerConfig(backend="none", mode="disabled"), tmp, {})
         timings = {}
         for mode in ("live", "cached"):
-            torch.manual_seed(0)
-            student = STUDENTS.get("shrunk")(OmegaConf.structured(scfg), teacher, 2, family)
-            objective = Objective(0.1, [Term("kd", 0.9, divergences.get("kd")), Term("kl", 1.0, divergences.get("kl"))])
+            student = exp.build_student(teacher)
+            objective = Experiment(exp.cfg, NullTracker(), device).objective  # a fresh one per mode
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
             if mode == "live":
-                outputs = teacher_outputs.LiveTeacher(teacher.model, family, device, "fp32")
+                outputs = teacher_outputs.LiveTeacher(teacher.model, exp.family, device, "fp32")
             else:
-                outputs = token_cache.teacher_outputs(Path(tmp) / "cache", teacher.model, ds, family, device, "fp32",
-                                                      64, args.top_k, 1.0, 1 << 20)
-            train(student.model, ds, family, objective, settings, tracker, mode, device, "fp32",
+                outputs = token_cache.teacher_outputs(Path(tmp) / "cache", teacher.model, ds, exp.family, device,
+                                                      "fp32", 64, args.top_k, 1.0, 1 << 20)
+            train(student.model, ds, exp.family, objective, settings, tracker, mode, device, "fp32",
                   teacher_outputs=outputs)
             if device.type == "cuda":
                 torch.cuda.synchronize()
