@@ -2,12 +2,13 @@
 training loop against a plain KL step on the same logits.
 
 The teacher and student are the preset's (``teacher=tiny_gpt2``: GPT-2 2 x 128;
-``student=shrunk_gpt2``: 1 x 64), built by kdlab's model builders from the composed
-config with ``teacher.overrides.vocab_size`` set to the vocabulary (random weights, nothing
-downloaded). Both models are told that their tokenizer has all ``V`` tokens
-(``kdlab.models.carry_tokenizer_size``; the builders record the 30,522-token MiniLM
-tokenizer's size), so the logits keep all ``V`` columns and the random ids use them all. The batch has the preset's shape (16 sequences of 48 tokens,
-answer windows of 12 positions holding 4 to 12 answer tokens) with random token ids.
+``student=shrunk_gpt2``: 1 x 64), built as a run builds them (``kdlab.assembly.Experiment``)
+from the composed config with ``teacher.overrides.vocab_size`` set to the vocabulary
+(random weights, nothing downloaded). Both models are told that their tokenizer has all
+``V`` tokens (``kdlab.models.carry_tokenizer_size``; the builders record the 30,522-token
+MiniLM tokenizer's size), so the logits keep all ``V`` columns and the random ids use them
+all. The batch has the preset's shape (16 sequences of 48 tokens, answer windows of 12
+positions holding 4 to 12 answer tokens) with random token ids.
 
 Each variant runs in a fresh interpreter (``--variant``), so neither inherits the other's
 allocator caches: models and batch are built, then the peak resident set is reset
@@ -33,6 +34,7 @@ import argparse
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict
 
@@ -60,16 +62,16 @@ def compose(vocab: int, cache_dir: str):
 
 
 def setup(vocab: int, cache_dir: str):
-    """The preset's objective, teacher, student and loop settings, and one batch."""
-    from kdlab.families import get_family
-    from kdlab.models import STUDENTS, TEACHERS, carry_tokenizer_size
-    from kdlab.objective import build_objective
+    """The preset's objective, teacher, student and loop settings, and one batch: the models
+    and objective a run of the composed config builds (``kdlab.assembly.Experiment``)."""
+    from kdlab.assembly import Experiment
+    from kdlab.models import carry_tokenizer_size
+    from kdlab.tracking import NullTracker
 
     cfg = compose(vocab, cache_dir)
-    family = get_family(cfg.teacher.family)
-    teacher = TEACHERS.get(cfg.teacher.name)(cfg.teacher, 2, cache_dir, family)
-    torch.manual_seed(0)
-    student = STUDENTS.get(cfg.student.name)(cfg.student, teacher, 2, family)
+    exp = Experiment(cfg, NullTracker(), torch.device("cpu"))
+    teacher = exp.load_teacher()
+    student = exp.build_student(teacher)
     assert teacher.model.config.vocab_size == vocab == student.model.config.vocab_size
     for model in (teacher.model, student.model):  # every row is a token: the logits keep all V columns
         carry_tokenizer_size(model, vocab)
@@ -79,7 +81,7 @@ def setup(vocab: int, cache_dir: str):
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "target_ids": ids[:, -ANSWER:],
              "target_mask": torch.arange(ANSWER)[None, :] >= ANSWER - lengths[:, None],
              "labels": torch.zeros(BATCH, dtype=torch.long), "index": torch.arange(BATCH)}
-    return cfg, family, teacher.model.eval(), student.model, build_objective(cfg), batch
+    return cfg, exp.family, teacher.model.eval(), student.model, exp.objective, batch
 
 
 class OneBatch(torch.utils.data.Dataset):
@@ -99,18 +101,18 @@ class OneBatch(torch.utils.data.Dataset):
 
 
 def run_variant(variant: str, vocab: int, cache_dir: str) -> Dict[str, float]:
+    from kdlab.assembly import loop_config
     from kdlab.config import LoggerConfig
     from kdlab.teacher_outputs import LiveTeacher
     from kdlab.tracking import Tracker
-    from kdlab.trainer import LoopSettings, train
+    from kdlab.trainer import train
 
     cfg, family, teacher, student, objective, batch = setup(vocab, cache_dir)
     cpu = torch.device("cpu")
     mask = batch["target_mask"]
 
     if variant == "kdlab":
-        settings = LoopSettings(max_steps=1, batch_size=BATCH, lr=cfg.trainer.lr, log_every=1, progress=False,
-                                eval_strategy="end")
+        settings = replace(loop_config(cfg.trainer), max_steps=1, batch_size=BATCH, log_every=1)  # the run's loop, one step
         tracker = Tracker(LoggerConfig(backend="none", mode="disabled"), "/tmp/kdlab-bench-token-memory", {})
 
         def step() -> None:
