@@ -1,4 +1,5 @@
-"""Tiny offline teacher / student pairs of the token-level families, and tiny batches."""
+"""Tiny offline teacher / student pairs of the token-level families, built as a run builds
+them (``kdlab.assembly.Experiment`` on a composed config), and tiny batches."""
 
 from __future__ import annotations
 
@@ -6,18 +7,19 @@ from dataclasses import dataclass
 from typing import Any, Dict, List
 
 import torch
-from omegaconf import OmegaConf
 
-from kdlab.config import DatasetConfig, StudentConfig, TeacherConfig
-from kdlab.data import Example, get_task
-from kdlab.families import Family, get_family
-from kdlab.models import STUDENTS, TEACHERS, Loaded
+from kdlab.assembly import Experiment
+from kdlab.data import Example
+from kdlab.families import Family
+from kdlab.models import Loaded
+from kdlab.tracking import NullTracker
+from tests.conftest import compose_config
 
-# family -> (task, student overrides: narrower and shallower than the teacher)
+# family -> (task, the config's teacher and student options: a tiny random-init teacher and
+# its architecture made narrower and shallower)
 SETUPS = {
-    "seq2seq": ("superglue/cb", {"num_layers": 1, "num_decoder_layers": 1, "d_model": 64, "d_ff": 128,
-                              "num_heads": 2}),
-    "causal": ("superglue/copa", {"n_layer": 1, "n_embd": 64, "n_head": 2}),
+    "seq2seq": ("superglue/cb", ["teacher=tiny_t5", "student=shrunk_t5"]),
+    "causal": ("superglue/copa", ["teacher=tiny_gpt2", "student=shrunk_gpt2"]),
 }
 
 
@@ -44,17 +46,22 @@ class Pair:
     batch: Dict[str, torch.Tensor]
 
 
-def make_pair(name: str, cache_dir, student: str = "shrunk") -> Pair:
-    task, overrides = SETUPS[name]
-    family = get_family(name)
-    teacher = TEACHERS.get("tiny")(OmegaConf.structured(TeacherConfig(name="tiny", family=name)), 2,
-                                   str(cache_dir), family)
-    scfg = StudentConfig(name=student, overrides=overrides if student == "shrunk" else {},
-                         layers=[1] if student == "from_teacher" else None)
-    torch.manual_seed(0)
-    stu = STUDENTS.get(student)(OmegaConf.structured(scfg), teacher, 2, family)
+def build(name: str, cache_dir, *overrides: str) -> tuple[Experiment, Loaded, Loaded]:
+    """The run of family ``name``'s setup (plus ``overrides``): its ``Experiment``, teacher as
+    loaded (not fine-tuned) and student, both in eval mode (no dropout: values are compared
+    exactly)."""
+    task, models = SETUPS[name]
+    cfg = compose_config([*models, f"dataset={task}", "divergence=none", f"cache_dir={cache_dir}", "logger=none",
+                          *overrides])
+    exp = Experiment(cfg, NullTracker(), torch.device("cpu"))
+    teacher = exp.load_teacher()
+    student = exp.build_student(teacher)
     teacher.model.eval()
-    stu.model.eval()  # no dropout: values are compared exactly
-    ds = family.dataset(teacher.tokenizer, examples(task), get_task(task),
-                        OmegaConf.structured(DatasetConfig(name=task, max_length=32)))
-    return Pair(family, teacher, stu, ds, ds.collate([ds[i] for i in range(len(ds))]))
+    student.model.eval()
+    return exp, teacher, student
+
+
+def make_pair(name: str, cache_dir) -> Pair:
+    exp, teacher, stu = build(name, cache_dir, "dataset.max_length=32")
+    ds = exp.encode(teacher.tokenizer, examples(SETUPS[name][0]))
+    return Pair(exp.family, teacher, stu, ds, ds.collate([ds[i] for i in range(len(ds))]))

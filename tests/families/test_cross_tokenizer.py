@@ -8,16 +8,12 @@ import json
 
 import pytest
 import torch
-from famtools import SETUPS, examples
-from omegaconf import OmegaConf
+from famtools import SETUPS, build, examples
 
 from kdlab.batching import PairedDataset, teacher_batch
-from kdlab.config import DatasetConfig, StudentConfig, TeacherConfig
-from kdlab.data import get_task
 from kdlab.divergences import get as get_divergence
 from kdlab.errors import ConfigError
 from kdlab.families import get_family
-from kdlab.models import STUDENTS, TEACHERS
 from kdlab.models.byte_tokenizer import byte_tokenizer
 from kdlab.objective import Objective, Term, build_objective
 from kdlab.teacher_outputs import LiveTeacher
@@ -39,19 +35,10 @@ def test_byte_tokenizer_round_trips_and_differs_from_wordpiece():
 def cross(request, cache_dir):
     """A tiny teacher (WordPiece) and a shrunk student with the byte-level tokenizer."""
     name = request.param
-    task, overrides = SETUPS[name]
-    family = get_family(name)
-    teacher = TEACHERS.get("tiny")(OmegaConf.structured(TeacherConfig(name="tiny", family=name)), 2,
-                                   str(cache_dir), family)
-    torch.manual_seed(0)
-    student = STUDENTS.get("shrunk")(OmegaConf.structured(StudentConfig(name="shrunk", overrides=overrides,
-                                                                          tokenizer="bytes")), teacher, 2, family)
-    teacher.model.eval()
-    student.model.eval()
-    dcfg = OmegaConf.structured(DatasetConfig(name=task, max_length=160))
-    ex = examples(task)
-    t_ds = family.dataset(teacher.tokenizer, ex, get_task(task), dcfg)
-    s_ds = family.dataset(student.tokenizer, ex, get_task(task), dcfg)
+    exp, teacher, student = build(name, cache_dir, "student.tokenizer=bytes", "dataset.max_length=160")
+    family = exp.family
+    ex = examples(SETUPS[name][0])
+    t_ds, s_ds = exp.encode(teacher.tokenizer, ex), exp.encode(student.tokenizer, ex)
     paired = PairedDataset(s_ds, t_ds)
     batch = paired.collate([paired[i] for i in range(len(paired))])
     return family, teacher, student, batch

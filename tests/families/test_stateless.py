@@ -9,29 +9,22 @@ from typing import Any, Dict, List, Tuple
 
 import pytest
 import torch
-from famtools import SETUPS, examples
+from famtools import SETUPS, build, examples
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer, BertConfig
 
 from kdlab.batching import loader
-from kdlab.config import DatasetConfig, StudentConfig, TeacherConfig
+from kdlab.config import DatasetConfig
 from kdlab.data import get_task
 from kdlab.families import FAMILIES, Family, get_family
-from kdlab.models import STUDENTS, TEACHERS, Loaded, tokenizer_size
+from kdlab.models import Loaded, tokenizer_size
 from kdlab.models.minilm import minilm_path
 
 
 def token_models(name: str, cache_dir) -> Tuple[Loaded, Loaded]:
     """A tiny teacher (WordPiece, 30,522 tokens in 30,528 rows) and a shrunk student with
-    the byte-level tokenizer (260 tokens in 320 rows), built by kdlab's builders."""
-    family = get_family(name)
-    teacher = TEACHERS.get("tiny")(OmegaConf.structured(TeacherConfig(name="tiny", family=name)), 2,
-                                   str(cache_dir), family)
-    torch.manual_seed(0)
-    scfg = StudentConfig(name="shrunk", overrides=SETUPS[name][1], tokenizer="bytes")
-    student = STUDENTS.get("shrunk")(OmegaConf.structured(scfg), teacher, 2, family)
-    teacher.model.eval()
-    student.model.eval()  # no dropout: values are compared exactly
+    the byte-level tokenizer (260 tokens in 320 rows), as a run builds them."""
+    _, teacher, student = build(name, cache_dir, "student.tokenizer=bytes")
     return teacher, student
 
 
