@@ -126,8 +126,8 @@ def test_a_language_model_is_saved_without_its_vocabulary_padding(name, cache_di
     task = get_task("superglue/cb" if name == "seq2seq" else "superglue/copa")
     export.prepare(model, tok, name, task)
     export.save(tmp_path / "m", model, tok, {}, "card")
-    loaded = type(model).from_pretrained(tmp_path / "m").eval()
-    assert loaded.config.vocab_size == len(tok)
+    loaded = pair.family.load(str(tmp_path / "m"), task.num_labels, key="m").model.eval()  # as kdlab-eval loads it
+    assert type(loaded) is type(model) and loaded.config.vocab_size == len(tok)
     with torch.no_grad():
         after = pair.family.forward(loaded, pair.batch).logits
     assert after.shape[-1] == len(tok)
