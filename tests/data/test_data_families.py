@@ -15,7 +15,6 @@ import pytest
 import torch
 from data_samples import SAMPLES, write_samples
 from omegaconf import OmegaConf
-from transformers import AutoTokenizer, BertConfig
 
 from kdlab.assembly import Experiment
 from kdlab.config import TeacherConfig
@@ -23,7 +22,6 @@ from kdlab.data import get_task, load_split
 from kdlab.errors import ConfigError
 from kdlab.families import get_family
 from kdlab.models import TEACHERS
-from kdlab.models.minilm import minilm_path
 from kdlab.products import majority_metrics
 from kdlab.tracking import NullTracker
 from kdlab.validation import validate
@@ -50,16 +48,12 @@ def tiny_models(cache_dir):
     def make(family: str, num_labels: int):
         key = (family, num_labels if family == "encoder" else 0)
         if key not in built:
-            torch.manual_seed(0)
-            if family == "encoder":
-                tok = AutoTokenizer.from_pretrained(minilm_path(cache_dir))
-                config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
-                                    num_attention_heads=2, intermediate_size=64, num_labels=num_labels)
-                built[key] = (get_family("encoder").from_config(config), tok)
-            else:
-                loaded = TEACHERS.get("tiny")(OmegaConf.structured(TeacherConfig(name="tiny", family=family)),
-                                              num_labels, str(cache_dir), get_family(family))
-                built[key] = (loaded.model, loaded.tokenizer)
+            # the family's tiny teacher (teacher=tiny_bert / tiny_t5 / tiny_gpt2), an encoder
+            # smaller than tiny_bert's default (one is built per label count)
+            sizes = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+            tcfg = TeacherConfig(name="tiny", family=family, overrides=sizes if family == "encoder" else {})
+            loaded = TEACHERS.get("tiny")(OmegaConf.structured(tcfg), num_labels, str(cache_dir), get_family(family))
+            built[key] = (loaded.model, loaded.tokenizer)
         return built[key]
 
     return make
