@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import os
 import re
 import statistics
 import sys
 import time
 import warnings
+from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -262,39 +264,20 @@ def bench_tokens(shape: Tuple[int, int, int], device: torch.device, dtype: torch
     table(header + (["within target"] if gpu else []), rows)
 
 
-def causal_step_inputs(vocab: int, batch: int = 16, length: int = 48, answer: int = 12):
-    """Models and a batch shaped like ``experiment=smoke_causal`` (tiny GPT-2 teacher, 2
-    layers x 128; shrunk student, 1 x 64; batch 16 of length 48) at vocabulary ``vocab``,
-    answer windows of 4 to ``answer`` tokens."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from kdlab.models import carry_tokenizer_size
-
-    torch.manual_seed(0)
-    teacher = GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_layer=2, n_embd=128, n_head=2, n_positions=64)).eval()
-    student = GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_layer=1, n_embd=64, n_head=2, n_positions=64))
-    for model in (teacher, student):  # a tokenizer of all ``vocab`` ids: the family keeps every column
-        carry_tokenizer_size(model, vocab)
-    g = torch.Generator().manual_seed(0)
-    lengths = torch.randint(4, answer + 1, (batch,), generator=g)
-    ids = torch.randint(0, vocab, (batch, length), generator=g)
-    data = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "target_ids": ids[:, -answer:],
-            "target_mask": torch.arange(answer)[None, :] >= answer - lengths[:, None]}
-    return teacher, student, data
-
-
 def bench_causal_step(vocab: int = 32000) -> None:
     """Peak memory of one student step of ``smoke_causal`` (token cross-entropy, KD and
     forward KL on the answer tokens; its objective: 0.1 CE + 0.9 KD(T = 1) + KL) through
-    kdlab's family and objective, against the same step written plainly (answer tokens
+    kdlab's family and objective (models, objective and batch built as
+    ``scripts/bench_token_memory.py`` builds them: the composed preset at V), against the same step written plainly (answer tokens
     selected, float32 log-softmaxes, ``F.cross_entropy`` and ``F.kl_div``)."""
-    from kdlab.families import get_family
-    from kdlab.objective import Objective, Term
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_token_memory import (
+        setup,  # the preset's models, objective and batch, as a run builds them
+    )
 
-    family = get_family("causal")
-    teacher, student, batch = causal_step_inputs(vocab)
+    cache_dir = os.environ.get("KDLAB_CACHE_DIR") or str(Path.home() / ".cache" / "kdlab")  # the MiniLM tokenizer
+    _, family, teacher, student, objective, batch = setup(vocab, cache_dir)
     mask = batch["target_mask"]
-    objective = Objective(0.1, [Term("kd", 0.9, get("kd")), Term("kl", 1.0, get("kl"))])
 
     def kdlab_step() -> None:
         with torch.no_grad():
