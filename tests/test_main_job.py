@@ -16,4 +16,8 @@ def test_main_job_gives_teacher_and_students_the_same_labelled_rows(seed):
     assert cfg.teacher.finetune.seed == seed
     assert cfg.transfer.name == "unlabelled" and cfg.transfer.max_samples == 20000
     assert cfg.trainer.baseline_student and cfg.trainer.max_steps > 0  # both students: the same steps
-    transfer.check(cfg, build_objective(cfg))  # the objective learns from the transfer rows
+    objective = build_objective(cfg)
+    transfer.check(cfg, objective)  # the objective learns from the transfer rows
+    # the distilled student learns from the teacher's outputs alone: KD at T = 2, no CE
+    assert objective.ce_weight == 0.0
+    assert [(t.name, t.weight) for t in objective.terms] == [("kd", 1.0)]
