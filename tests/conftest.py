@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -55,6 +56,25 @@ def data_dir(request) -> Path:
     if problem:
         pytest.fail(problem, pytrace=False)
     return DATA_DIR
+
+
+@pytest.fixture
+def tracker(tmp_path):
+    """A tracker that logs nowhere, for loops run directly in a test."""
+    from kdlab.config import LoggerConfig
+    from kdlab.tracking import Tracker
+
+    t = Tracker(LoggerConfig(backend="none", mode="disabled"), tmp_path / "run", {})
+    yield t
+    t.finish()
+
+
+def load_script(name: str):
+    """A script of ``scripts/`` imported as a module (they are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -2,22 +2,18 @@
 settings come from ``kdlab.assembly.Experiment`` on a composed config (tiny size here)."""
 
 import argparse
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_gpu.py"
+from tests.conftest import load_script
+
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_gpu", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_gpu")
 
 
 @pytest.fixture

@@ -1,20 +1,15 @@
 """scripts/bench_token_memory.py builds the smoke_causal models at the vocabulary asked for
 and runs kdlab's step and the plain KL step on them (a small vocabulary here)."""
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_token_memory.py"
+from tests.conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_token_memory", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_token_memory")
 
 
 def test_the_preset_models_take_the_vocabulary(bench, cache_dir):

@@ -13,27 +13,18 @@ import pytest
 import torch
 
 from kdlab import divergences, token_cache
-from kdlab.config import LoggerConfig
 from kdlab.ensemble import EnsembleTeacher, SumObjective
 from kdlab.features import FEATURE_TERMS
 from kdlab.methods import LABEL_TERMS
 from kdlab.nonfinite import NonFiniteGuard
 from kdlab.objective import Objective, Term
 from kdlab.teacher_outputs import LiveTeacher
-from kdlab.tracking import Tracker
 from kdlab.trainer import train
 from tests.families.famtools import SETUPS, make_pair
 from tests.synctools import Sync, SyncWatch
 from tests.test_trainer import FAMILY, ToyData, settings, tiny_model
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture
-def tracker(tmp_path):
-    t = Tracker(LoggerConfig(backend="none", mode="disabled"), tmp_path / "run", {})
-    yield t
-    t.finish()
 
 
 @pytest.fixture(params=sorted(SETUPS))

@@ -46,13 +46,6 @@ def tiny_model(seed=0, dropout=0.0):
     return BertForSequenceClassification(cfg)
 
 
-@pytest.fixture
-def tracker(tmp_path):
-    t = Tracker(LoggerConfig(backend="none", mode="disabled"), tmp_path / "run", {})
-    yield t
-    t.finish()
-
-
 def settings(**kw):
     base = dict(epochs=1, max_steps=3, batch_size=8, lr=1e-3, log_every=1, progress=False)
     return LoopSettings(**{**base, **kw})

@@ -21,13 +21,6 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 CUDA = torch.device("cuda")
 
 
-@pytest.fixture
-def tracker(tmp_path):
-    t = Tracker(LoggerConfig(backend="none", mode="disabled"), tmp_path / "run", {})
-    yield t
-    t.finish()
-
-
 def run_checked(monkeypatch, tracker, objective, teacher, device, steps=6, **kw):
     """``steps`` steps logging only at the last; steps 2 to ``steps - 1`` run under
     ``torch.cuda.set_sync_debug_mode("error")``: a synchronisation there raises."""
