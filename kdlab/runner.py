@@ -116,10 +116,8 @@ def distillation_phase(setup: Setup, results: Dict[str, Any], students: Dict[str
         peer, outputs = replace(teacher, model=copy.deepcopy(teacher.model)), None
         student, result = exp.fit_student(teacher, setup.train_ds, setup.s_evals, online.PHASE, peer=peer, **resume)
     else:
-        # the teacher's logits on labelled then transfer rows (t_distill's order); several teachers' combined
-        outputs = ensemble_phases.teacher_outputs(setup)
-        student, result = exp.fit_student(teacher, setup.distill_ds, setup.s_evals, "student", outputs=outputs,
-                                          **resume)
+        outputs = ensemble_phases.teacher_outputs(setup)  # on t_distill's rows; several teachers: combined
+        student, result = exp.fit_student(teacher, setup.distill_ds, setup.s_evals, "student", outputs=outputs, **resume)
     if not distributed.is_main():  # rank 0 alone reports
         return result
     results["student"] = {"name": cfg.student.name, "params": count_params(student.model),
