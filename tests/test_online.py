@@ -20,7 +20,7 @@ from kdlab.online import losses, phase
 from kdlab.trainer import EpochSampler, LoopSettings
 from kdlab.validation import validate
 from tests.conftest import compose_config, run_cli
-from tests.test_trainer import FAMILY, ToyData, tiny_model, tracker  # noqa: F401  (fixture)
+from tests.test_trainer import FAMILY, ToyData, tiny_model
 
 Z_T = torch.tensor([[2.0, 0.0, -1.0], [0.1, 0.2, 0.3]])
 Z_S = torch.tensor([[0.5, 0.5, 0.0], [1.0, -1.0, 2.0]])
