@@ -56,7 +56,7 @@ def test_results_json_contract(smoke_runs):
     assert res["config"]["trainer"]["max_steps"] == 24  # resolved config
     assert res["config"]["dataset"]["data_dir"]  # interpolation resolved
     assert 0 < res["wall_seconds"] < 600
-    assert "student, distilled (sinkhorn)" in out.stdout  # the printed table
+    assert "student, distilled (kd + sinkhorn)" in out.stdout  # the printed table
 
 
 def test_metrics_jsonl_logs_every_term(smoke_runs):
