@@ -93,7 +93,7 @@ cpu_sweep = -$(BIN)/kdlab -m experiment=sinkd/glue_cpu experiment/sinkd/glue/tas
   $(ARGS)$(newline)$(MAKE) --no-print-directory glue-cpu-collect$(newline)
 
 .PHONY: glue-cpu-collect
-table-glue-cpu: $(INSTALLED)  ## CPU SinKD GLUE study: 7 rows x SST-2, MRPC x 3 seeds, resumable (~50 min on 2 quiet cores)
+table-glue-cpu: $(INSTALLED)  ## CPU SinKD GLUE study: 7 rows x SST-2, MRPC x 3 seeds, resumable (~1 h on 2 cores: docs/reproducing.md)
 	mkdir -p $(STUDY_DIR) && if [ -d $(STUDY_RUNS) ]; then cp -Rn $(STUDY_RUNS)/. $(STUDY_DIR)/; fi
 	$(foreach t,$(call cpu_list,$(CPU_TASKS)),$(if $(filter finetune,$(call cpu_list,$(CPU_METHODS))),$(call \
 	  cpu_sweep,$(t),no_teacher,finetune,transfer=none))$(if $(CPU_DISTILLED),$(call cpu_sweep,$(t),distilled,$(CPU_DISTILLED))))

@@ -286,6 +286,18 @@ def test_several_varying_overrides_name_each_row_by_all(tmp_path):
                                  "divergence=js, trainer.lr=1e-4", "divergence=js, trainer.lr=3e-4"]
 
 
+def test_settings_that_do_not_change_results_make_no_rows(tmp_path):
+    """A study resumed with another thread count, progress bar, logger or cache directory
+    keeps one row per method: those keys do not change what a job computes."""
+    for n, (s, extra) in enumerate([(0, []), (1, ["hardware.num_threads=1", "trainer.progress=False",
+                                                  "cache_dir=/elsewhere", "logger=wandb"])]):
+        write_run(tmp_path, n, "kd", "glue/sst2", s, overrides=["experiment/sinkd/method=kd", f"seed={s}", *extra])
+    write_run(tmp_path, 2, "kd", "glue/sst2", 0, overrides=["experiment/sinkd/method=kd", "seed=0", "trainer.lr=1e-3"])
+    table = build_table(find_runs(tmp_path))
+    assert table.methods == ["(default)", "1e-3"]  # trainer.lr does change results: a row of its own
+    assert table.cells["(default)", "glue/sst2", "best"].expected == 2  # seeds 0 and 1 in one row
+
+
 def test_k_of_n_counts_the_seeds_of_the_row(tmp_path):
     """kl has seeds 0-2 (seed 2 failed); sinkhorn seeds 0-1 only."""
     smoke_sweep(tmp_path, ("kl",), (0, 1))

@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
+from kdlab.metadata import DONE_FREE
 from kdlab.tables.runs import Run, job_dirs, read_run, select
 
 TEACHER = "teacher"  # a row of the teachers' scores, one per task and seed
@@ -46,20 +47,28 @@ def _names_task(value: Optional[str], task: str) -> bool:
 
 
 def varying_keys(runs: Sequence[Run]) -> List[str]:
-    """Override keys whose value differs between jobs, in the order typed, except the seed
-    and an override that names each job's task (the tasks are the columns)."""
+    """Override keys whose value differs between jobs, in the order typed, except the seed,
+    an override that names each job's task (the tasks are the columns) and the keys that do
+    not change what a job computes (``kdlab.metadata.DONE_FREE``: threads, progress bar,
+    logger, cache and data directories), so a study resumed with other such settings keeps
+    its rows."""
     keys: List[str] = []
     for r in runs:
         keys += [k for k in r.overrides or {} if k not in keys]
     out = []
     for k in keys:
         values = [(r.overrides or {}).get(k) for r in runs]
-        if k == SEED_KEY or len(set(values)) < 2:
+        if k == SEED_KEY or len(set(values)) < 2 or _result_free(k):
             continue
         if all(_names_task(v, r.task) for v, r in zip(values, runs, strict=True)):
             continue
         out.append(k)
     return out
+
+
+def _result_free(key: str) -> bool:
+    key = key.lstrip("+~")
+    return any(key == k or key.startswith(k + ".") for k in DONE_FREE)
 
 
 def _name(r: Run) -> str:
