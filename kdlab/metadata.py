@@ -63,11 +63,21 @@ def flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
 
 @functools.cache
 def _schema_defaults() -> Dict[str, Any]:
+    import dataclasses
+    import typing
+
     from omegaconf import OmegaConf
 
     from kdlab.config import Config
 
-    return flatten(OmegaConf.to_container(OmegaConf.structured(Config), resolve=False))
+    out = flatten(OmegaConf.to_container(OmegaConf.structured(Config), resolve=False, enum_to_str=True))
+    # the group nodes (trainer, teacher, ...) are MISSING in Config, filled by a YAML
+    # option: their keys' defaults are those of the node's own dataclass
+    for name, kind in typing.get_type_hints(Config).items():
+        if dataclasses.is_dataclass(kind):
+            node = OmegaConf.to_container(OmegaConf.structured(kind), resolve=False, enum_to_str=True)
+            out.update(flatten(node, name + "."))
+    return out
 
 
 def config_changes(saved: Dict[str, Any], now: Dict[str, Any]) -> List[str]:

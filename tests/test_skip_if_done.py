@@ -67,3 +67,17 @@ def test_results_written_before_a_key_was_added_are_this_configs_at_its_default(
     assert runner.run(cfg)["marker"] == 7
     with pytest.raises(ConfigError, match=r"objective.teachers.combine=None there, .*'sum'.* now"):
         runner.run(_cfg(tmp_path, "objective.teachers.combine=sum"))
+
+
+def test_a_key_added_to_a_group_node_since_matches_at_its_default(tmp_path, monkeypatch):
+    """Keys of the group nodes (trainer, teacher, ...) count too: a job finished before
+    ``trainer.on_policy`` existed is this config's at its defaults, and another's once it
+    is set (a study committed by an older kdlab stays resumable, never passed off)."""
+    cfg = _cfg(tmp_path)
+    old = OmegaConf.to_container(cfg, resolve=True)
+    del old["trainer"]["on_policy"]
+    (tmp_path / RESULTS_FILE).write_text(json.dumps({"marker": 7, "config": old}))
+    monkeypatch.setattr(runner, "Experiment", lambda *a, **k: pytest.fail("a finished job was run again"))
+    assert runner.run(cfg)["marker"] == 7
+    with pytest.raises(ConfigError, match=r"trainer.on_policy.top_p=None there, 0.9 now"):
+        runner.run(_cfg(tmp_path, "trainer.on_policy.top_p=0.9"))
