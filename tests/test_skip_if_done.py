@@ -81,3 +81,19 @@ def test_a_key_added_to_a_group_node_since_matches_at_its_default(tmp_path, monk
     assert runner.run(cfg)["marker"] == 7
     with pytest.raises(ConfigError, match=r"trainer.on_policy.top_p=None there, 0.9 now"):
         runner.run(_cfg(tmp_path, "trainer.on_policy.top_p=0.9"))
+
+
+def test_the_committed_cpu_study_is_found_done_by_todays_kdlab():
+    """Each job committed under docs/results/glue_cpu/runs, composed again from its own
+    overrides, is this kdlab's finished job: `make table-glue-cpu` on a fresh checkout
+    resumes with nothing to run instead of refusing the study as another config."""
+    from pathlib import Path
+
+    from kdlab.metadata import finished_results
+
+    runs = sorted(Path(__file__).resolve().parents[1].glob("docs/results/glue_cpu/runs/*/*/*/results.json"))
+    assert len(runs) == 42
+    for path in runs:
+        overrides = OmegaConf.to_container(OmegaConf.load(path.parent / ".hydra" / "overrides.yaml"))
+        cfg = compose_config([*overrides, f"output_dir={path.parent}"])
+        assert finished_results(path.parent, OmegaConf.to_container(cfg, resolve=True)) is not None, path
