@@ -56,31 +56,24 @@ def test_off_by_default_and_a_job_without_results_runs(tmp_path, monkeypatch):
         runner.run(_cfg(tmp_path, "trainer.skip_if_done=false"))
 
 
-def test_results_written_before_a_key_was_added_are_this_configs_at_its_default(tmp_path, monkeypatch):
-    """A finished job of a kdlab without ``objective.teachers`` (added since, at a default
-    that computes the same) is still found done; the key set otherwise is another config."""
+@pytest.mark.parametrize("node, key, override, refused", [
+    ("objective", "teachers", "objective.teachers.combine=sum", r"objective.teachers.combine=None there, .*'sum'.* now"),
+    # a key of a group node (trainer, teacher, ...): its default is the node dataclass's
+    ("trainer", "on_policy", "trainer.on_policy.top_p=0.9", r"trainer.on_policy.top_p=None there, 0.9 now"),
+])
+def test_results_written_before_a_key_was_added_are_this_configs_at_its_default(tmp_path, monkeypatch, node, key,
+                                                                                 override, refused):
+    """A finished job of a kdlab without ``objective.teachers`` or ``trainer.on_policy``
+    (added since, at defaults that compute the same) is still found done, so a study
+    committed by an older kdlab stays resumable; the key set otherwise is another config."""
     cfg = _cfg(tmp_path)
     old = OmegaConf.to_container(cfg, resolve=True)
-    del old["objective"]["teachers"]
+    del old[node][key]
     (tmp_path / RESULTS_FILE).write_text(json.dumps({"marker": 7, "config": old}))
     monkeypatch.setattr(runner, "Experiment", lambda *a, **k: pytest.fail("a finished job was run again"))
     assert runner.run(cfg)["marker"] == 7
-    with pytest.raises(ConfigError, match=r"objective.teachers.combine=None there, .*'sum'.* now"):
-        runner.run(_cfg(tmp_path, "objective.teachers.combine=sum"))
-
-
-def test_a_key_added_to_a_group_node_since_matches_at_its_default(tmp_path, monkeypatch):
-    """Keys of the group nodes (trainer, teacher, ...) count too: a job finished before
-    ``trainer.on_policy`` existed is this config's at its defaults, and another's once it
-    is set (a study committed by an older kdlab stays resumable, never passed off)."""
-    cfg = _cfg(tmp_path)
-    old = OmegaConf.to_container(cfg, resolve=True)
-    del old["trainer"]["on_policy"]
-    (tmp_path / RESULTS_FILE).write_text(json.dumps({"marker": 7, "config": old}))
-    monkeypatch.setattr(runner, "Experiment", lambda *a, **k: pytest.fail("a finished job was run again"))
-    assert runner.run(cfg)["marker"] == 7
-    with pytest.raises(ConfigError, match=r"trainer.on_policy.top_p=None there, 0.9 now"):
-        runner.run(_cfg(tmp_path, "trainer.on_policy.top_p=0.9"))
+    with pytest.raises(ConfigError, match=refused):
+        runner.run(_cfg(tmp_path, override))
 
 
 def test_the_committed_cpu_study_is_found_done_by_todays_kdlab():
