@@ -180,6 +180,10 @@ class SumObjective(torch.nn.Module):
         return self.objective.terms
 
     @property
+    def names(self) -> List[str]:
+        return self.objective.names
+
+    @property
     def needs_teacher(self) -> bool:
         return self.objective.needs_teacher
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.metadata
 import json
 import subprocess
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, get_type_hints
 
 from kdlab.cache_keys import examples_digest
 from kdlab.errors import ConfigError
@@ -63,9 +64,6 @@ def flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
 
 @functools.cache
 def _schema_defaults() -> Dict[str, Any]:
-    import dataclasses
-    import typing
-
     from omegaconf import OmegaConf
 
     from kdlab.config import Config
@@ -73,7 +71,7 @@ def _schema_defaults() -> Dict[str, Any]:
     out = flatten(OmegaConf.to_container(OmegaConf.structured(Config), resolve=False, enum_to_str=True))
     # the group nodes (trainer, teacher, ...) are MISSING in Config, filled by a YAML
     # option: their keys' defaults are those of the node's own dataclass
-    for name, kind in typing.get_type_hints(Config).items():
+    for name, kind in get_type_hints(Config).items():
         if dataclasses.is_dataclass(kind):
             node = OmegaConf.to_container(OmegaConf.structured(kind), resolve=False, enum_to_str=True)
             out.update(flatten(node, name + "."))
@@ -96,8 +94,13 @@ def config_for_resume(resolved: Dict[str, Any]) -> Dict[str, Any]:
     return _free(flatten(resolved), RESUME_FREE)
 
 
+def is_free(key: str, free: tuple) -> bool:
+    """``key`` is one of the ``free`` keys or lies under one (``logger`` covers ``logger.mode``)."""
+    return any(key == f or key.startswith(f + ".") for f in free)
+
+
 def _free(flat: Dict[str, Any], free: tuple) -> Dict[str, Any]:
-    return {k: v for k, v in flat.items() if not any(k == f or k.startswith(f + ".") for f in free)}
+    return {k: v for k, v in flat.items() if not is_free(k, free)}
 
 
 def finished_results(out_dir: Path, resolved: Dict[str, Any]) -> Optional[Dict[str, Any]]:

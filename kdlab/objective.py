@@ -66,6 +66,11 @@ class Objective(torch.nn.Module):
         return [t for t in self.terms if t.weight > 0]
 
     @property
+    def names(self) -> List[str]:
+        """The weighted terms' names, what the student learns from (``results.json`` ``terms``)."""
+        return [t.name for t in self.weighted()]
+
+    @property
     def features(self) -> FrozenSet[str]:
         """What the weighted terms read from ``Outputs`` besides logits (``Family.features``)."""
         return frozenset().union(*(feature_fields(t.module.reads) for t in self.weighted()))

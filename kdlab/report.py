@@ -32,14 +32,6 @@ def footprint_lines(results: Dict[str, Any], names: Dict[str, str], width: int) 
     return lines
 
 
-def distilled_by(results: Dict[str, Any]) -> str:
-    """The distillation terms of the run, as its table names the student: the alpha term
-    (``kd``) and the divergence, e.g. ``kd + sinkhorn``; ``kd`` alone with ``divergence=none``."""
-    alpha = results.get("config", {}).get("objective", {}).get("alpha", 0.0)
-    terms = (["kd"] if alpha > 0 else []) + ([results["divergence"]] if results["divergence"] != "none" else [])
-    return " + ".join(terms) or "none"
-
-
 def format_table(results: Dict[str, Any]) -> str:
     metric = results["metric"]
     cols = [metric] + [k for k in results["teacher"]["dev"] if k != metric]
@@ -57,7 +49,7 @@ def format_table(results: Dict[str, Any]) -> str:
         rows.append((names["online_teacher"], o["params"], o["dev"]))
     s = results["student"]
     names["student"] = (f"student, online ({results['online_teacher']['method']})" if "online_teacher" in results
-                        else f"student, distilled ({distilled_by(results)})")
+                        else f"student, distilled ({' + '.join(results['terms'])})")
     rows.append((names["student"], s["params"], s["dev"]))
     if s.get("evaluations", 1) > 1:
         rows.append(("  (max over evaluations)", None, s["dev_best"]))

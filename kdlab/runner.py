@@ -65,7 +65,7 @@ def run(cfg: Config) -> Dict[str, Any]:
             students["baseline_student"] = baseline_phase(setup, results, resume)
         result = distillation_phase(setup, results, students, resume)
         if distributed.is_main():  # rank 0 alone reports
-            results.update(divergence=cfg.divergence.name, seed=cfg.seed, steps=result.steps,
+            results.update(divergence=cfg.divergence.name, terms=objective.names, seed=cfg.seed, steps=result.steps,
                            wall_seconds=round(time.perf_counter() - start, 2), config=resolved, meta=setup.meta)
             summary_phase(setup, results, students)
         exit_code = 0

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import os
 import re
 import statistics
 import sys
@@ -275,8 +274,7 @@ def bench_causal_step(vocab: int = 32000) -> None:
         setup,  # the preset's models, objective and batch, as a run builds them
     )
 
-    cache_dir = os.environ.get("KDLAB_CACHE_DIR") or str(Path.home() / ".cache" / "kdlab")  # the MiniLM tokenizer
-    _, family, teacher, student, objective, batch = setup(vocab, cache_dir)
+    _, family, teacher, student, objective, batch = setup(vocab)  # the MiniLM tokenizer from the config's cache_dir
     mask = batch["target_mask"]
 
     def kdlab_step() -> None:

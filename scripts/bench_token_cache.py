@@ -27,6 +27,7 @@ from kdlab import teacher_outputs, token_cache
 from kdlab.assembly import Experiment, loop_config
 from kdlab.cli import CONFIG_DIR
 from kdlab.config import LoggerConfig
+from kdlab.objective import build_objective
 from kdlab.tracking import NullTracker, Tracker
 from kdlab.trainer import train
 from kdlab.validation import validate
@@ -67,7 +68,7 @@ def main() -> None:
         timings = {}
         for mode in ("live", "cached"):
             student = exp.build_student(teacher)
-            objective = Experiment(exp.cfg, NullTracker(), device).objective  # a fresh one per mode
+            objective = build_objective(exp.cfg)  # a fresh one per mode, as the run builds it
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()

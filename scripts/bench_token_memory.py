@@ -36,7 +36,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -49,19 +49,21 @@ VARIANTS = ("plain_kl", "plain_objective", "kdlab")
 BATCH, LENGTH, ANSWER = 16, 48, 12
 
 
-def compose(vocab: int, cache_dir: str):
+def compose(vocab: int, cache_dir: Optional[str] = None):
+    """``experiment=smoke_causal`` at vocabulary ``vocab``; ``cache_dir`` None: the config's
+    own (``$KDLAB_CACHE_DIR``, else ~/.cache/kdlab)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     from kdlab.cli import CONFIG_DIR
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return hydra_compose("config", overrides=["experiment=smoke_causal", f"cache_dir={cache_dir}",
-                                                  "output_dir=/tmp/kdlab-bench-token-memory",
-                                                  f"+teacher.overrides.vocab_size={vocab}"])
+        return hydra_compose("config", overrides=["experiment=smoke_causal", "output_dir=/tmp/kdlab-bench-token-memory",
+                                                  f"+teacher.overrides.vocab_size={vocab}",
+                                                  *([f"cache_dir={cache_dir}"] if cache_dir else [])])
 
 
-def setup(vocab: int, cache_dir: str):
+def setup(vocab: int, cache_dir: Optional[str] = None):
     """The preset's objective, teacher, student and loop settings, and one batch: the models
     and objective a run of the composed config builds (``kdlab.assembly.Experiment``)."""
     from kdlab.assembly import Experiment

@@ -7,7 +7,7 @@ import pytest
 
 from tests.conftest import run_cli
 
-RESULT_KEYS = {"task", "metric", "teacher", "student", "divergence", "seed", "steps", "wall_seconds", "config"}
+RESULT_KEYS = {"task", "metric", "teacher", "student", "divergence", "terms", "seed", "steps", "wall_seconds", "config"}
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +46,7 @@ def test_results_json_contract(smoke_runs):
     assert RESULT_KEYS <= set(res)
     assert res["task"] == "glue/sst2" and res["metric"] == "accuracy"
     assert res["divergence"] == "sinkhorn" and res["seed"] == 0 and res["steps"] == 24
+    assert res["terms"] == ["kd", "sinkhorn"]  # the objective's weighted terms, as the run built it
     for who in ("teacher", "student"):
         assert {"name", "params", "dev"} <= set(res[who])
         assert 0.0 <= res[who]["dev"]["accuracy"] <= 1.0

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
-from kdlab.metadata import DONE_FREE
+from kdlab.metadata import DONE_FREE, is_free
 from kdlab.tables.runs import Run, job_dirs, read_run, select
 
 TEACHER = "teacher"  # a row of the teachers' scores, one per task and seed
@@ -58,17 +58,12 @@ def varying_keys(runs: Sequence[Run]) -> List[str]:
     out = []
     for k in keys:
         values = [(r.overrides or {}).get(k) for r in runs]
-        if k == SEED_KEY or len(set(values)) < 2 or _result_free(k):
+        if k == SEED_KEY or len(set(values)) < 2 or is_free(k.lstrip("+~"), DONE_FREE):
             continue
         if all(_names_task(v, r.task) for v, r in zip(values, runs, strict=True)):
             continue
         out.append(k)
     return out
-
-
-def _result_free(key: str) -> bool:
-    key = key.lstrip("+~")
-    return any(key == k or key.startswith(k + ".") for k in DONE_FREE)
 
 
 def _name(r: Run) -> str:
